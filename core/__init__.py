@@ -1,0 +1,1 @@
+"""The shared base: record schema, version store, workspace and errors."""

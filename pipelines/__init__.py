@@ -1,0 +1,1 @@
+"""Pipelines that bring records in (import) or take them out (export); generators land here too."""

@@ -1,0 +1,126 @@
+"""Export a version to a training file: JSONL, JSON, Parquet, a `datasets.Dataset` on disk, or the Hub.
+
+Rows come out as a user's training code expects them: Alpaca records as instruction/input/output,
+chat records as `messages`, with the metadata columns they were imported with. Files are written
+beside their target and renamed into place, so a failed export leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from assay.core.errors import AssayError
+from assay.core.records import export_row
+from assay.core.store import Store
+
+EXPORT_FORMATS = ("jsonl", "json", "parquet", "hf-disk", "hf")
+
+
+@dataclass
+class ExportConfig:
+    format: str | None = field(default=None, metadata={
+        "help": f"one of {', '.join(EXPORT_FORMATS)}; default: from the path ('hf:OWNER/NAME' pushes to the "
+                "Hub, a path without extension is a saved HF dataset)"})
+    provenance: bool = field(default=False, metadata={
+        "help": "add '_id' and '_provenance' to every row (source, generator, model, parents)"})
+
+
+def _format_of(path: str) -> str:
+    if path.startswith("hf:"):
+        return "hf"
+    name = path.lower().removesuffix(".gz")
+    if name.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if name.endswith(".json"):
+        return "json"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if not Path(path).suffix:
+        return "hf-disk"
+    raise AssayError(f"{path}: cannot tell the export format from the extension; use --format "
+                     f"({', '.join(EXPORT_FORMATS)})")
+
+
+def iter_export_rows(store: Store, ref: str, provenance: bool = False) -> Iterator[dict[str, Any]]:
+    for frame in store.iter_frames(ref):
+        for row in frame.iter_rows(named=True):
+            out = export_row(row)
+            if provenance:
+                out["_id"] = row["id"]
+                out["_provenance"] = {k: row[k] for k in ("source", "source_row", "generator", "template",
+                                                         "model", "parent_ids")}
+                out["_provenance"]["sampling_params"] = json.loads(row["sampling_params"] or "{}")
+            yield out
+
+
+def _tmp_beside(path: str) -> str:
+    return f"{path}.tmp-{uuid.uuid4().hex}"
+
+
+def export_version(store: Store, ref: str, path: str, config: ExportConfig | None = None) -> dict[str, Any]:
+    config = config or ExportConfig()
+    manifest = store.resolve(ref)
+    fmt = config.format or _format_of(path)
+    if fmt not in EXPORT_FORMATS:
+        raise AssayError(f"unknown export format {fmt!r}: formats are {', '.join(EXPORT_FORMATS)}")
+    rows = iter_export_rows(store, manifest.id, config.provenance)
+    if fmt in ("jsonl", "json"):
+        tmp = _tmp_beside(path)
+        try:
+            with fsspec.open(tmp, "wt", compression="infer" if not path.endswith(".gz") else "gzip",
+                             encoding="utf-8") as fh:
+                if fmt == "jsonl":
+                    for row in rows:
+                        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                else:
+                    fh.write("[\n")
+                    for i, row in enumerate(rows):
+                        fh.write((",\n" if i else "") + json.dumps(row, ensure_ascii=False))
+                    fh.write("\n]\n")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    elif fmt == "parquet":
+        table = _table(list(rows), path)
+        tmp = _tmp_beside(path)
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    else:
+        import datasets
+
+        ds = datasets.Dataset(_table(list(rows), path))
+        if fmt == "hf":
+            ds.push_to_hub(path.removeprefix("hf:"))
+        else:
+            if os.path.exists(path):
+                raise AssayError(f"{path}: already exists; choose a new folder for a saved dataset")
+            tmp = _tmp_beside(path.rstrip("/"))
+            try:
+                ds.save_to_disk(tmp)
+                os.replace(tmp, path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return {"version": manifest.id, "ref": manifest.ref, "path": path, "format": fmt, "records": manifest.records}
+
+
+def _table(rows: list[dict[str, Any]], path: str) -> pa.Table:
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise AssayError(f"{path}: metadata columns mix types across rows, which Parquet cannot hold "
+                         f"({exc}); export to JSONL instead") from None

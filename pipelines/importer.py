@@ -1,0 +1,419 @@
+"""Import: a file, a saved Hugging Face dataset or a Hub dataset id becomes a new version.
+
+Sources are read row by row so that every problem can name its file and line (or row, or element);
+the rows are normalised into the one record schema and written in segments as they stream, and the
+version is committed only after the last row was read: a bad row anywhere leaves nothing behind.
+
+Layouts recognised (per row, so a file exported from a mixed version comes back):
+- chat: `messages` (OpenAI: role/content) or `conversations` (ShareGPT: from/value);
+- Self-Instruct seed tasks: `instruction` + `instances` (a list of input/output): one record per instance;
+- Alpaca-style: instruction / input / output, or common aliases of them (question/answer, prompt/
+  response, ...) when the canonical column is absent, or any columns mapped with --map.
+Every other column is kept as metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import fsspec
+import pyarrow as pa
+
+from assay.core.errors import AssayError, BadInput
+from assay.core.progress import progress
+from assay.core.records import MESSAGE_TYPE, RECORD_SCHEMA, dump_json, record_id
+from assay.core.store import Manifest, Store, VersionWriter
+
+TARGETS = ("instruction", "input", "output", "messages")
+# Tried in order when the canonical column is absent and --map does not name one.
+ALIASES = {
+    "instruction": ("prompt", "question", "query", "problem"),
+    "input": ("context",),
+    "output": ("response", "completion", "answer", "solution"),
+    "messages": ("conversations",),
+}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "bot": "assistant", "chatgpt": "assistant", "model": "assistant", "system": "system"}
+FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "hf-disk", "hf")
+LAYOUT_SAMPLE_ROWS = 1000
+BATCH_ROWS = 50_000
+
+
+@dataclass
+class ImportConfig:
+    mapping: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "record field -> source column, e.g. {'instruction': 'question', 'output': 'answer'}; "
+                "fields: instruction, input, output, messages"})
+    format: str | None = field(default=None, metadata={
+        "help": f"one of {', '.join(FORMATS)}; default: from the path (a folder is a saved HF dataset, "
+                "'hf:ID' a Hub dataset)"})
+    split: str | None = field(default=None, metadata={
+        "help": "split of a Hugging Face dataset (default: 'train', or the only split)"})
+
+
+def parse_mapping(text: str | None) -> dict[str, str]:
+    """'instruction=question,output=answer' -> {'instruction': 'question', 'output': 'answer'}."""
+    mapping: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in (text or "").split(","))):
+        target, sep, column = (s.strip() for s in pair.partition("="))
+        if not sep or not target or not column:
+            raise AssayError(f"invalid --map entry {pair!r}: expected FIELD=COLUMN")
+        if target not in TARGETS:
+            raise AssayError(f"invalid --map field {target!r}: fields are {', '.join(TARGETS)}")
+        mapping[target] = column
+    return mapping
+
+
+# ---- sources ----------------------------------------------------------------------------------
+
+@dataclass
+class Source:
+    label: str  # how errors and provenance name it
+    unit: str  # "line", "row" or "element"
+    rows: Iterator[tuple[int, Any]]  # (1-based position, parsed row)
+    format: str
+
+
+def detect_format(path: str) -> str:
+    if path.startswith("hf:"):
+        return "hf"
+    if os.path.isdir(path):
+        return "hf-disk"
+    name = path.lower()
+    for suffix in (".gz", ".bz2", ".xz", ".zst"):
+        name = name.removesuffix(suffix)
+    for fmt, exts in (("jsonl", (".jsonl", ".ndjson")), ("json", (".json",)), ("csv", (".csv",)),
+                      ("tsv", (".tsv",)), ("parquet", (".parquet", ".pq"))):
+        if name.endswith(exts):
+            return fmt
+    raise AssayError(f"{path}: cannot tell the format from the extension; use --format "
+                     f"({', '.join(FORMATS)})")
+
+
+def open_source(path: str, fmt: str | None, split: str | None) -> Source:
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise AssayError(f"unknown format {fmt!r}: formats are {', '.join(FORMATS)}")
+    if fmt == "hf":
+        return _hf_hub(path.removeprefix("hf:"), split)
+    if "://" not in path and not os.path.exists(path):
+        hint = (f" (for a Hugging Face Hub dataset, write hf:{path})"
+                if re.fullmatch(r"[\w.-]+/[\w.-]+", path) and "." not in Path(path).suffix else "")
+        raise AssayError(f"{path}: no such file or folder{hint}")
+    if fmt == "hf-disk":
+        return _hf_disk(path, split)
+    if fmt in ("jsonl", "json"):
+        return Source(path, "line", _json_rows(path, fmt), fmt)
+    if fmt in ("csv", "tsv"):
+        return Source(path, "row", _csv_rows(path, "\t" if fmt == "tsv" else ","), fmt)
+    return Source(path, "row", _parquet_rows(path), fmt)
+
+
+def _json_rows(path: str, fmt: str) -> Iterator[tuple[int, Any]]:
+    with fsspec.open(path, "rt", compression="infer", encoding="utf-8") as fh:
+        line_no = 0
+        try:
+            if fmt == "json":
+                text = fh.read()
+                first = text.lstrip()[:1]
+                if first == "[":
+                    yield from _json_array(path, text)
+                    return
+                if not first:
+                    return
+                # A .json file that is not an array is, in practice, JSON Lines (many Hub datasets
+                # ship them so); a single object is one record.
+                lines = iter(text.splitlines())
+            else:
+                lines = fh
+            for line_no, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BadInput(path, f"not valid JSON ({exc.msg} at column {exc.colno})", line=line_no) from None
+        except UnicodeDecodeError as exc:
+            raise BadInput(path, f"not UTF-8 text ({exc.reason})", line=line_no + 1) from None
+        except (OSError, EOFError) as exc:  # e.g. a .gz that is not gzip
+            raise BadInput(path, f"cannot read: {exc}") from None
+
+
+def _json_array(path: str, text: str) -> Iterator[tuple[int, Any]]:
+    """Elements of a JSON array with the line each starts on (json.load would lose that)."""
+    decoder = json.JSONDecoder()
+    ws = re.compile(r"[ \t\n\r]*")
+    pos, line, counted = text.index("[") + 1, 1, 0
+
+    def line_at(p: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, p)
+        counted = p
+        return line
+
+    pos = ws.match(text, pos).end()
+    if text[pos:pos + 1] == "]":
+        return
+    while True:
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise BadInput(path, f"not valid JSON ({exc.msg} at column {exc.colno})", line=exc.lineno) from None
+        yield line_at(pos), value
+        pos = ws.match(text, end).end()
+        if text[pos:pos + 1] == ",":
+            pos = ws.match(text, pos + 1).end()
+        elif text[pos:pos + 1] == "]":
+            if text[pos + 1:].strip():
+                raise BadInput(path, "unexpected text after the JSON array", line=line_at(pos + 1))
+            return
+        else:
+            raise BadInput(path, "not valid JSON (expected ',' or ']' between array elements)", line=line_at(pos))
+
+
+def _csv_rows(path: str, separator: str) -> Iterator[tuple[int, Any]]:
+    import polars as pl
+
+    try:
+        # every cell as text: a record is text, and type guessing would turn "007" into 7
+        frame = pl.read_csv(path, separator=separator, infer_schema=False, missing_utf8_is_empty_string=True)
+    except Exception as exc:
+        raise BadInput(path, f"not a readable CSV file ({str(exc).splitlines()[0]})") from None
+    for i, row in enumerate(frame.iter_rows(named=True), 1):
+        yield i, row
+
+
+def _parquet_rows(path: str) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(fsspec.open(path, "rb").open())
+    except Exception as exc:
+        raise BadInput(path, f"not a Parquet file ({exc})") from None
+    i = 0
+    for batch in pf.iter_batches(batch_size=10_000):
+        for row in batch.to_pylist():
+            i += 1
+            yield i, row
+
+
+def _dataset_rows(ds) -> Iterator[tuple[int, Any]]:
+    i = 0
+    for batch in ds.with_format("arrow").iter(batch_size=10_000):
+        for row in batch.to_pylist():
+            i += 1
+            yield i, row
+
+
+def _pick_split(label: str, obj, split: str | None):
+    import datasets
+
+    if isinstance(obj, datasets.DatasetDict):
+        names = list(obj.keys())
+        chosen = split or ("train" if "train" in obj else names[0] if len(names) == 1 else None)
+        if chosen not in obj:
+            raise AssayError(f"{label}: choose a split with --split ({', '.join(names)})")
+        return obj[chosen], chosen
+    if split:
+        raise AssayError(f"{label}: has no splits, drop --split")
+    return obj, None
+
+
+def _hf_disk(path: str, split: str | None) -> Source:
+    import datasets
+
+    try:
+        obj = datasets.load_from_disk(path)
+    except FileNotFoundError as exc:
+        raise BadInput(path, f"not a Hugging Face dataset saved with save_to_disk ({exc})") from None
+    ds, chosen = _pick_split(path, obj, split)
+    return Source(path if not chosen else f"{path}[{chosen}]", "row", _dataset_rows(ds), "hf-disk")
+
+
+def _hf_hub(dataset_id: str, split: str | None) -> Source:
+    import datasets
+
+    try:
+        obj = datasets.load_dataset(dataset_id, split=split)
+    except Exception as exc:  # no network, unknown id, gated dataset: say which and why
+        raise AssayError(f"hf:{dataset_id}: cannot load from the Hugging Face Hub ({exc})") from None
+    ds, chosen = _pick_split(f"hf:{dataset_id}", obj, None if split else split)
+    return Source(f"hf:{dataset_id}" + (f"[{split or chosen}]" if (split or chosen) else ""), "row",
+                  _dataset_rows(ds), "hf")
+
+
+# ---- normalisation ----------------------------------------------------------------------------
+
+@dataclass
+class Layout:
+    """Which source column feeds which record field, decided once per source."""
+
+    fields: dict[str, str]  # record field -> source column
+    seed_tasks: bool  # Self-Instruct: instruction + list of instances
+
+    @classmethod
+    def detect(cls, label: str, sample: list[dict], mapping: dict[str, str]) -> "Layout":
+        columns: dict[str, None] = {}
+        for row in sample:
+            columns.update(dict.fromkeys(row))
+        for target, column in mapping.items():
+            if column not in columns:
+                raise BadInput(label, f"--map {target}={column}: no column {column!r} "
+                                      f"(columns: {', '.join(columns) or 'none'})")
+        fields = dict(mapping)
+        for target in TARGETS:
+            if target not in fields:
+                for candidate in (target, *ALIASES[target]):
+                    if candidate in columns and candidate not in fields.values():
+                        fields[target] = candidate
+                        break
+        seed_tasks = "instances" in columns and "instruction" in fields and "output" not in fields
+        if "instruction" not in fields and "messages" not in fields:
+            raise BadInput(label, "no instruction or messages column (looked for instruction, "
+                                  f"{', '.join(ALIASES['instruction'])}, messages, conversations; columns: "
+                                  f"{', '.join(columns) or 'none'}); map one with --map instruction=COLUMN")
+        return cls(fields, seed_tasks)
+
+
+class _Columns:
+    """Column lists for a batch of storage rows (faster than building a dict per row)."""
+
+    def __init__(self):
+        self.cols: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
+
+    def __len__(self) -> int:
+        return len(self.cols["id"])
+
+    def append(self, instruction, input, output, messages, metadata, source, source_row) -> None:
+        c = self.cols
+        c["id"].append(record_id(instruction, input, output, messages))
+        c["instruction"].append(instruction)
+        c["input"].append(input)
+        c["output"].append(output)
+        c["messages"].append(messages)
+        c["source"].append(source)
+        c["source_row"].append(source_row)
+        c["generator"].append("import")
+        c["template"].append(None)
+        c["model"].append(None)
+        c["sampling_params"].append("{}")
+        c["parent_ids"].append([])
+        c["metadata"].append(dump_json(metadata))
+
+    def table(self) -> pa.Table:
+        return pa.table({f.name: pa.array(self.cols[f.name], type=f.type) for f in RECORD_SCHEMA})
+
+
+def _text(value: Any, *, source: Source, pos: int, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        got = "null" if value is None else type(value).__name__
+        raise BadInput(source.label, f"must be text, got {got}", line=pos, field=name, unit=source.unit)
+    return json.dumps(value)  # a number is fine as its JSON text ("42", "2.5")
+
+
+def _messages(value: Any, *, source: Source, pos: int, name: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise BadInput(source.label, "must be a non-empty list of messages", line=pos, field=name, unit=source.unit)
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise BadInput(source.label, f"message {i} is not an object", line=pos, field=name, unit=source.unit)
+        role = m.get("role", m.get("from"))
+        content = m.get("content", m.get("value"))
+        if not isinstance(role, str):
+            raise BadInput(source.label, f"message {i} has no role (or 'from')", line=pos, field=name, unit=source.unit)
+        if content is None:
+            content = ""  # e.g. an assistant turn that only calls a tool
+        content = _text(content, source=source, pos=pos, name=f"{name}[{i}].content")
+        out.append({"role": SHAREGPT_ROLES.get(role.lower(), role) if "from" in m else role, "content": content})
+    return out
+
+
+def _normalise(row: Any, pos: int, layout: Layout, source: Source, out: _Columns, provenance_source: str) -> None:
+    if not isinstance(row, dict):
+        raise BadInput(source.label, f"expected an object, got {type(row).__name__}", line=pos, unit=source.unit)
+    f = layout.fields
+    used = set(f.values())
+    meta = {k: v for k, v in row.items() if k not in used}
+
+    def required(target: str) -> str:
+        column = f[target]
+        if column not in row:
+            raise BadInput(source.label, "missing", line=pos, field=column, unit=source.unit)
+        return _text(row[column], source=source, pos=pos, name=column)
+
+    if "messages" in f and row.get(f["messages"]) is not None:
+        messages = _messages(row[f["messages"]], source=source, pos=pos, name=f["messages"])
+        # a chat row of a mixed file carries the Alpaca columns as nulls: they are not metadata
+        for target in ("instruction", "input", "output"):
+            if target in f and row.get(f[target]) in (None, ""):
+                meta.pop(f[target], None)
+        out.append("", "", "", messages, meta, provenance_source, pos)
+        return
+    if "instruction" not in f:
+        raise BadInput(source.label, "missing", line=pos, field=f["messages"], unit=source.unit)
+    if "messages" in f:
+        meta.pop(f["messages"], None)  # null in an Alpaca row of a mixed file
+    instruction = required("instruction")
+    input_ = "" if row.get(f.get("input")) is None else _text(row[f["input"]], source=source, pos=pos, name=f["input"])
+    if layout.seed_tasks and row.get("instances") is not None:
+        instances = row["instances"]
+        meta.pop("instances", None)
+        if not isinstance(instances, list) or not instances:
+            raise BadInput(source.label, "must be a non-empty list of {input, output}", line=pos,
+                           field="instances", unit=source.unit)
+        for i, inst in enumerate(instances):
+            if not isinstance(inst, dict) or "output" not in inst:
+                raise BadInput(source.label, f"instance {i} has no output", line=pos, field="instances",
+                               unit=source.unit)
+            inst_input = inst.get("input")
+            out.append(instruction, "" if inst_input is None else _text(inst_input, source=source, pos=pos, name=f"instances[{i}].input"),
+                       _text(inst["output"], source=source, pos=pos, name=f"instances[{i}].output"),
+                       None, {**meta, "instance": i}, provenance_source, pos)
+        return
+    output = required("output") if "output" in f else ""
+    out.append(instruction, input_, output, None, meta, provenance_source, pos)
+
+
+def import_source(store: Store, path: str, name: str, config: ImportConfig | None = None, *,
+                  show_progress: bool | None = None) -> Manifest:
+    """Import `path` as a new version of dataset `name` and return its manifest."""
+    config = config or ImportConfig()
+    source = open_source(path, config.format, config.split)
+    provenance_source = source.label if "://" in source.label or source.label.startswith("hf:") \
+        else str(Path(source.label.split("[")[0]).resolve()) + source.label[len(source.label.split("[")[0]):]
+    sample: list[tuple[int, Any]] = []
+    for item in source.rows:
+        sample.append(item)
+        if len(sample) >= LAYOUT_SAMPLE_ROWS:
+            break
+    if not sample:
+        raise BadInput(source.label, "empty: no records to import")
+    layout = Layout.detect(source.label, [r for _, r in sample if isinstance(r, dict)], config.mapping)
+    params = {"source": provenance_source, "format": source.format, "mapping": layout.fields,
+              "split": config.split, "seed_tasks": layout.seed_tasks}
+    writer = VersionWriter(store, name, "import", params)
+    batch = _Columns()
+
+    def rows() -> Iterator[tuple[int, Any]]:
+        yield from sample
+        yield from source.rows
+
+    with progress(f"importing {Path(source.label).name}", enabled=show_progress) as bar:
+        for pos, row in rows():
+            _normalise(row, pos, layout, source, batch, provenance_source)
+            if len(batch) >= BATCH_ROWS:
+                writer.add_table(batch.table())
+                bar.advance(len(batch))
+                batch = _Columns()
+        if len(batch):
+            writer.add_table(batch.table())
+            bar.advance(len(batch))
+    return writer.commit()

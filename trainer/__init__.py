@@ -1,0 +1,1 @@
+"""LoRA fine-tuning on a version, and train-and-compare of two versions."""

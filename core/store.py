@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 
 from .catalog import Catalog
 from .errors import AssayError, UnknownVersion
+from .progress import progress
 from .records import RECORD_SCHEMA
 
 # 100k rows a segment keeps a segment's memory at tens of MB while writing; 10k rows a row group
@@ -296,9 +297,8 @@ class Store:
 
     def read(self, ref: str | Manifest, columns: list[str] | None = None) -> pl.DataFrame:
         frames = list(self.iter_frames(ref, columns))
-        if not frames:
-            return pl.DataFrame(schema=pl.Schema(pl.from_arrow(RECORD_SCHEMA.empty_table()).schema)).select(
-                columns or RECORD_SCHEMA.names)
+        if not frames:  # a version with no records still has the record columns
+            return pl.from_arrow(RECORD_SCHEMA.empty_table()).select(columns or RECORD_SCHEMA.names)
         return pl.concat(frames, how="vertical")
 
     def page(self, ref: str | Manifest, page: int, size: int = 50) -> pl.DataFrame:
@@ -342,28 +342,33 @@ class Store:
         parent = self.resolve(ref)
         try:
             predicate = pl.sql_expr(where)
-        except Exception as exc:  # polars raises several SQL error types for a bad expression
+        except pl.exceptions.PolarsError as exc:  # syntax errors, unsupported functions, ...
             raise AssayError(f"invalid --where {where!r}: {exc}") from exc
         parts: list[Part] = []
-        for part in parent.parts:
-            df = pl.read_parquet(self._open(self.segment_path(part.segment))).with_row_index("_row")
-            mask = self.part_mask(part)
-            if mask is not None:
-                df = df.filter(pl.Series(mask))
-            if extra is not None:
-                df = df.join(extra, on="id", how="left")
-            try:
-                kept_rows = df.filter(predicate)["_row"].to_numpy()
-            except pl.exceptions.ColumnNotFoundError as exc:
-                cols = ", ".join(c for c in df.columns if c != "_row")
-                raise AssayError(f"invalid --where {where!r}: unknown column ({exc}); columns are: {cols}") from exc
-            except Exception as exc:
-                raise AssayError(f"invalid --where {where!r}: {exc}") from exc
-            new_mask = np.zeros(part.rows, dtype=bool)
-            new_mask[kept_rows] = True
-            parts.append(self.put_selection(part, new_mask))
+        with progress(f"filtering {parent.ref}", total=parent.records) as bar:
+            for part in parent.parts:
+                parts.append(self._filter_part(part, predicate, where, extra))
+                bar.advance(part.kept)
         return self.commit(name or parent.dataset, parts, operation="filter",
                            params={"where": where, "from": parent.ref}, parents=[parent.id])
+
+    def _filter_part(self, part: Part, predicate: pl.Expr, where: str, extra: pl.DataFrame | None) -> Part:
+        df = pl.read_parquet(self._open(self.segment_path(part.segment))).with_row_index("_row")
+        mask = self.part_mask(part)
+        if mask is not None:
+            df = df.filter(pl.Series(mask))
+        if extra is not None:
+            df = df.join(extra, on="id", how="left")
+        try:
+            kept_rows = df.filter(predicate)["_row"].to_numpy()
+        except pl.exceptions.ColumnNotFoundError as exc:
+            cols = ", ".join(c for c in df.columns if c != "_row")
+            raise AssayError(f"invalid --where {where!r}: unknown column ({exc}); columns are: {cols}") from exc
+        except pl.exceptions.PolarsError as exc:  # e.g. a condition that is not boolean
+            raise AssayError(f"invalid --where {where!r}: {exc}") from exc
+        new_mask = np.zeros(part.rows, dtype=bool)
+        new_mask[kept_rows] = True
+        return self.put_selection(part, new_mask)
 
     def ids(self, ref: str | Manifest) -> pl.Series:
         frames = [f["id"] for f in self.iter_frames(ref, ["id"])]
@@ -422,45 +427,10 @@ class Store:
                         checked_objects[path] = None if _hash_bytes(fh.read()) == digest else "hash mismatch"
             return checked_objects[path]
 
-        for row in rows:
-            label = f"{row['dataset']}@{row['number']} ({row['id'][:12]})"
-            try:
-                with self.fs.open(row["manifest_path"], "rb") as fh:
-                    m = Manifest.model_validate_json(fh.read())
-            except Exception as exc:
-                problems.append(f"{label}: manifest unreadable: {exc}")
-                continue
-            if m.body_hash() != row["id"] or m.id != row["id"]:
-                problems.append(f"{label}: manifest does not match its id (edited or corrupt)")
-                continue
-            if (m.dataset, m.number, m.records, m.content_hash) != (
-                    row["dataset"], row["number"], row["records"], row["content_hash"]):
-                problems.append(f"{label}: catalog row disagrees with the manifest")
-            ok_parts = True
-            for part in m.parts:
-                seg = self.segment_path(part.segment)
-                err = check_object(seg, part.segment)
-                if err:
-                    problems.append(f"{label}: segment {part.segment}: {err}")
-                    ok_parts = False
-                    continue
-                n = pq.ParquetFile(self._open(seg)).metadata.num_rows
-                if n != part.rows:
-                    problems.append(f"{label}: segment {part.segment} has {n} rows, manifest says {part.rows}")
-                    ok_parts = False
-                if part.selection:
-                    err = check_object(self.selection_path(part.selection), part.selection)
-                    if err:
-                        problems.append(f"{label}: selection {part.selection}: {err}")
-                        ok_parts = False
-                    elif int(self.part_mask(part).sum()) != part.kept:
-                        problems.append(f"{label}: selection {part.selection} keeps a different row count")
-                        ok_parts = False
-            if ok_parts:
-                if sum(p.kept for p in m.parts) != m.records:
-                    problems.append(f"{label}: record count does not add up")
-                elif self._content_hash(m.parts) != m.content_hash:
-                    problems.append(f"{label}: content hash mismatch")
+        with progress("verifying", total=len(rows)) as bar:
+            for row in rows:
+                self._verify_version(row, problems, check_object)
+                bar.advance()
         catalogued = {Path(r["manifest_path"]).name for r in rows}
         for path in self.fs.ls(self._path("manifests"), detail=False):
             name = path.rsplit("/", 1)[-1]
@@ -473,6 +443,44 @@ class Store:
                 if ".tmp-" in path.rsplit("/", 1)[-1]:
                     notes.append(f"leftover temporary file objects/{sub}/{path.rsplit('/', 1)[-1]}")
         return {"ok": not problems, "versions": len(rows), "problems": problems, "notes": notes}
+
+    def _verify_version(self, row, problems: list[str], check_object) -> None:
+        label = f"{row['dataset']}@{row['number']} ({row['id'][:12]})"
+        try:
+            with self.fs.open(row["manifest_path"], "rb") as fh:
+                m = Manifest.model_validate_json(fh.read())
+        except Exception as exc:
+            problems.append(f"{label}: manifest unreadable: {exc}")
+            return
+        if m.body_hash() != row["id"] or m.id != row["id"]:
+            problems.append(f"{label}: manifest does not match its id (edited or corrupt)")
+            return
+        if (m.dataset, m.number, m.records, m.content_hash) != (
+                row["dataset"], row["number"], row["records"], row["content_hash"]):
+            problems.append(f"{label}: catalog row disagrees with the manifest")
+        ok_parts = True
+        for part in m.parts:
+            seg = self.segment_path(part.segment)
+            err = check_object(seg, part.segment)
+            if err:
+                problems.append(f"{label}: segment {part.segment}: {err}")
+                ok_parts = False
+            elif (n := pq.ParquetFile(self._open(seg)).metadata.num_rows) != part.rows:
+                problems.append(f"{label}: segment {part.segment} has {n} rows, manifest says {part.rows}")
+                ok_parts = False
+            if part.selection:
+                err = check_object(self.selection_path(part.selection), part.selection)
+                if err:
+                    problems.append(f"{label}: selection {part.selection}: {err}")
+                    ok_parts = False
+                elif int(self.part_mask(part).sum()) != part.kept:
+                    problems.append(f"{label}: selection {part.selection} keeps a different row count")
+                    ok_parts = False
+        if ok_parts:
+            if sum(p.kept for p in m.parts) != m.records:
+                problems.append(f"{label}: record count does not add up")
+            elif self._content_hash(m.parts) != m.content_hash:
+                problems.append(f"{label}: content hash mismatch")
 
 
 @dataclass

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from assay.core.errors import AssayError
+from assay.core.progress import progress
 from assay.core.records import export_row
 from assay.core.store import Store
 
@@ -51,8 +52,10 @@ def _format_of(path: str) -> str:
                      f"({', '.join(EXPORT_FORMATS)})")
 
 
-def iter_export_rows(store: Store, ref: str, provenance: bool = False) -> Iterator[dict[str, Any]]:
+def iter_export_rows(store: Store, ref: str, provenance: bool = False, bar=None) -> Iterator[dict[str, Any]]:
     for frame in store.iter_frames(ref):
+        if bar is not None:
+            bar.advance(frame.height)
         for row in frame.iter_rows(named=True):
             out = export_row(row)
             if provenance:
@@ -73,11 +76,18 @@ def export_version(store: Store, ref: str, path: str, config: ExportConfig | Non
     fmt = config.format or _format_of(path)
     if fmt not in EXPORT_FORMATS:
         raise AssayError(f"unknown export format {fmt!r}: formats are {', '.join(EXPORT_FORMATS)}")
-    rows = iter_export_rows(store, manifest.id, config.provenance)
+    with progress(f"exporting {manifest.ref}", total=manifest.records) as bar:
+        _write(path, fmt, iter_export_rows(store, manifest.id, config.provenance, bar))
+    return {"version": manifest.id, "ref": manifest.ref, "path": path, "format": fmt, "records": manifest.records}
+
+
+def _write(path: str, fmt: str, rows: Iterator[dict[str, Any]]) -> None:
+    if fmt != "hf":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if fmt in ("jsonl", "json"):
         tmp = _tmp_beside(path)
         try:
-            with fsspec.open(tmp, "wt", compression="infer" if not path.endswith(".gz") else "gzip",
+            with fsspec.open(tmp, "wt", compression="gzip" if path.endswith(".gz") else None,
                              encoding="utf-8") as fh:
                 if fmt == "jsonl":
                     for row in rows:
@@ -105,7 +115,10 @@ def export_version(store: Store, ref: str, path: str, config: ExportConfig | Non
 
         ds = datasets.Dataset(_table(list(rows), path))
         if fmt == "hf":
-            ds.push_to_hub(path.removeprefix("hf:"))
+            try:
+                ds.push_to_hub(path.removeprefix("hf:"))
+            except Exception as exc:  # no network, no token, no rights: say which and why
+                raise AssayError(f"{path}: cannot push to the Hugging Face Hub ({exc})") from None
         else:
             if os.path.exists(path):
                 raise AssayError(f"{path}: already exists; choose a new folder for a saved dataset")
@@ -115,12 +128,13 @@ def export_version(store: Store, ref: str, path: str, config: ExportConfig | Non
                 os.replace(tmp, path)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-    return {"version": manifest.id, "ref": manifest.ref, "path": path, "format": fmt, "records": manifest.records}
 
 
 def _table(rows: list[dict[str, Any]], path: str) -> pa.Table:
     try:
-        return pa.Table.from_pylist(rows)
+        # pa.array infers one struct type from every row (from_pylist would look at the first only,
+        # and drop the columns of chat rows that follow an Alpaca row)
+        return pa.Table.from_struct_array(pa.array(rows))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise AssayError(f"{path}: metadata columns mix types across rows, which Parquet cannot hold "
                          f"({exc}); export to JSONL instead") from None

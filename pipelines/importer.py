@@ -19,14 +19,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import fsspec
 import pyarrow as pa
 
 from assay.core.errors import AssayError, BadInput
 from assay.core.progress import progress
-from assay.core.records import MESSAGE_TYPE, RECORD_SCHEMA, dump_json, record_id
+from assay.core.records import RECORD_SCHEMA, dump_json, record_id
 from assay.core.store import Manifest, Store, VersionWriter
 
 TARGETS = ("instruction", "input", "output", "messages")
@@ -128,7 +128,7 @@ def _json_rows(path: str, fmt: str) -> Iterator[tuple[int, Any]]:
                     return
                 # A .json file that is not an array is, in practice, JSON Lines (many Hub datasets
                 # ship them so); a single object is one record.
-                lines = iter(text.splitlines())
+                lines = iter(text.split("\n"))
             else:
                 lines = fh
             for line_no, line in enumerate(lines, 1):
@@ -180,9 +180,10 @@ def _csv_rows(path: str, separator: str) -> Iterator[tuple[int, Any]]:
     import polars as pl
 
     try:
-        # every cell as text: a record is text, and type guessing would turn "007" into 7
-        frame = pl.read_csv(path, separator=separator, infer_schema=False, missing_utf8_is_empty_string=True)
-    except Exception as exc:
+        # every cell as text: a record is text, and type guessing would turn "007" into 7;
+        # CSV has no null, so an empty cell is the empty string
+        frame = pl.read_csv(path, separator=separator, infer_schema=False).fill_null("")
+    except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
         raise BadInput(path, f"not a readable CSV file ({str(exc).splitlines()[0]})") from None
     for i, row in enumerate(frame.iter_rows(named=True), 1):
         yield i, row
@@ -340,46 +341,48 @@ def _normalise(row: Any, pos: int, layout: Layout, source: Source, out: _Columns
     if not isinstance(row, dict):
         raise BadInput(source.label, f"expected an object, got {type(row).__name__}", line=pos, unit=source.unit)
     f = layout.fields
-    used = set(f.values())
-    meta = {k: v for k, v in row.items() if k not in used}
 
-    def required(target: str) -> str:
-        column = f[target]
-        if column not in row:
-            raise BadInput(source.label, "missing", line=pos, field=column, unit=source.unit)
+    def metadata(*consumed: str | None) -> dict[str, Any]:
+        # every column this row did not turn into a record field, except the empty columns of the
+        # other layout (a chat row of a mixed file carries null instruction/output, and vice versa)
+        other = [c for c in f.values() if c not in consumed and row.get(c) in (None, "")]
+        return {k: v for k, v in row.items() if k not in consumed and k not in other}
+
+    def text(column: str, *, required: bool) -> str:
+        if column not in row or row[column] is None:
+            if required:
+                raise BadInput(source.label, "missing" if column not in row else "is null", line=pos,
+                               field=column, unit=source.unit)
+            return ""
         return _text(row[column], source=source, pos=pos, name=column)
 
     if "messages" in f and row.get(f["messages"]) is not None:
         messages = _messages(row[f["messages"]], source=source, pos=pos, name=f["messages"])
-        # a chat row of a mixed file carries the Alpaca columns as nulls: they are not metadata
-        for target in ("instruction", "input", "output"):
-            if target in f and row.get(f[target]) in (None, ""):
-                meta.pop(f[target], None)
-        out.append("", "", "", messages, meta, provenance_source, pos)
+        out.append("", "", "", messages, metadata(f["messages"]), provenance_source, pos)
         return
     if "instruction" not in f:
         raise BadInput(source.label, "missing", line=pos, field=f["messages"], unit=source.unit)
-    if "messages" in f:
-        meta.pop(f["messages"], None)  # null in an Alpaca row of a mixed file
-    instruction = required("instruction")
-    input_ = "" if row.get(f.get("input")) is None else _text(row[f["input"]], source=source, pos=pos, name=f["input"])
+    instruction = text(f["instruction"], required=True)
+    input_ = text(f["input"], required=False) if "input" in f else ""
     if layout.seed_tasks and row.get("instances") is not None:
         instances = row["instances"]
-        meta.pop("instances", None)
+        meta = metadata(f["instruction"], f.get("input"), "instances")
         if not isinstance(instances, list) or not instances:
             raise BadInput(source.label, "must be a non-empty list of {input, output}", line=pos,
                            field="instances", unit=source.unit)
         for i, inst in enumerate(instances):
-            if not isinstance(inst, dict) or "output" not in inst:
+            if not isinstance(inst, dict) or inst.get("output") is None:
                 raise BadInput(source.label, f"instance {i} has no output", line=pos, field="instances",
                                unit=source.unit)
             inst_input = inst.get("input")
-            out.append(instruction, "" if inst_input is None else _text(inst_input, source=source, pos=pos, name=f"instances[{i}].input"),
+            out.append(instruction,
+                       "" if inst_input is None else _text(inst_input, source=source, pos=pos, name=f"instances[{i}].input"),
                        _text(inst["output"], source=source, pos=pos, name=f"instances[{i}].output"),
                        None, {**meta, "instance": i}, provenance_source, pos)
         return
-    output = required("output") if "output" in f else ""
-    out.append(instruction, input_, output, None, meta, provenance_source, pos)
+    output = text(f["output"], required=True) if "output" in f else ""
+    out.append(instruction, input_, output, None,
+               metadata(f["instruction"], f.get("input"), f.get("output")), provenance_source, pos)
 
 
 def import_source(store: Store, path: str, name: str, config: ImportConfig | None = None, *,

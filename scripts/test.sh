@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: set-up, then pytest. CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+mkdir -p test-artifacts
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -160,14 +160,16 @@ def lineage(version: Annotated[str, typer.Argument(help="id, id prefix, NAME or 
 
 @app.command("filter")
 def filter_(version: Annotated[str, typer.Argument(help="version to filter")],
-            where: Annotated[str, typer.Option("--where", help="SQL condition over record fields, e.g. \"length(output) > 20\"")],
+            where: Annotated[str, typer.Option("--where", help="SQL condition over record fields and audit columns, "
+                                                       "e.g. \"length(output) > 20 AND NOT minhash_duplicate\"")],
             name: Annotated[Optional[str], typer.Option("--name", "-n", help="dataset for the new version (default: the same)")] = None,
             as_json: JsonFlag = False) -> None:
     """Make a new version keeping the records for which --where is true."""
 
+    from assay.auditors.runner import filter_version
+
     def work():
-        m = _store().filter(version, where, name)
-        return m.summary()
+        return filter_version(_store(), version, where, name).summary()
 
     _run(as_json, work, lambda r: out.print(f"kept {r['records']} records as {r['ref']} ({r['version'][:12]})"))
 
@@ -183,6 +185,56 @@ def export(version: Annotated[str, typer.Argument(help="version to export")],
 
     _run(as_json, lambda: export_version(_store(), version, path, ExportConfig(format=fmt, provenance=provenance)),
          lambda r: out.print(f"wrote {r['records']} records of {r['ref']} to {r['path']} ({r['format']})"))
+
+
+def _parse_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """['minhash.threshold=0.8', ...] -> {'minhash': {'threshold': 0.8}}; values are JSON when they parse."""
+    options: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        auditor, dot, field = key.partition(".")
+        if not sep or not dot or not field:
+            raise AssayError(f"invalid --option {pair!r}: expected AUDITOR.FIELD=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options.setdefault(auditor, {})[field] = value
+    return options
+
+
+@app.command()
+def audit(version: Annotated[str, typer.Argument(help="version to audit")],
+          auditors: Annotated[str, typer.Option("--auditors", "-a", help="comma-separated auditor names")] = "exact",
+          benchmark: Annotated[Optional[list[str]], typer.Option(
+              "--benchmark", help="contamination benchmark: human-eval, a file (PATH or PATH:question_field), or hf:ID")] = None,
+          option: Annotated[Optional[list[str]], typer.Option(
+              "--option", "-o", help="auditor setting AUDITOR.FIELD=VALUE, e.g. minhash.threshold=0.8")] = None,
+          as_json: JsonFlag = False) -> None:
+    """Run auditors on a version; results become columns for `assay filter --where`."""
+    from assay.auditors.runner import make_auditor, run_audit
+
+    def work():
+        names = [n.strip() for n in auditors.split(",") if n.strip()]
+        options = _parse_options(option or [])
+        unused = set(options) - set(names)
+        if unused:
+            raise AssayError(f"--option names auditors not run: {', '.join(sorted(unused))}")
+        if benchmark:
+            if "contamination" not in names:
+                raise AssayError("--benchmark needs the contamination auditor (--auditors ...,contamination)")
+            options.setdefault("contamination", {})["benchmarks"] = list(benchmark)
+        built = [make_auditor(n, options.get(n)) for n in names]
+        return run_audit(_store(), version, built, show_progress=None if not as_json else False)
+
+    def render(r):
+        out.print(f"audited {r['ref']} ({r['records']} records)")
+        for name, summary in r["auditors"].items():
+            figures = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) and k != "config"}
+            out.print(f"  {name:<14} " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                 for k, v in figures.items()))
+
+    _run(as_json, work, render)
 
 
 @app.command()

@@ -132,3 +132,23 @@ def export_row(row: dict[str, Any]) -> dict[str, Any]:
     for key, value in json.loads(row["metadata"] or "{}").items():
         out.setdefault(key, value)
     return out
+
+
+def with_text(frame: "pl.DataFrame") -> "pl.DataFrame":
+    """Add the text views auditors read: `prompt` (instruction, then input; for chat, the user turns),
+    `response` (output; for chat, the assistant turns) and `text` (both). Vectorised: no Python loop."""
+    import polars as pl
+
+    def turns(role: str) -> pl.Expr:
+        return (pl.col("messages").list.eval(
+            pl.when(pl.element().struct.field("role") == role).then(pl.element().struct.field("content")))
+            .list.drop_nulls().list.join("\n\n"))
+
+    is_chat = pl.col("messages").is_not_null()
+    alpaca_prompt = pl.when(pl.col("input") == "").then(pl.col("instruction")).otherwise(
+        pl.col("instruction") + "\n\n" + pl.col("input"))
+    return frame.with_columns(
+        prompt=pl.when(is_chat).then(turns("user")).otherwise(alpaca_prompt),
+        response=pl.when(is_chat).then(turns("assistant")).otherwise(pl.col("output")),
+    ).with_columns(text=pl.when(pl.col("response") == "").then(pl.col("prompt"))
+                   .otherwise(pl.col("prompt") + "\n\n" + pl.col("response")))

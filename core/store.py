@@ -337,32 +337,38 @@ class Store:
                extra: pl.DataFrame | None = None) -> Manifest:
         """A child version keeping the rows for which the SQL condition `where` is true.
 
-        `extra` (a frame keyed by `id`) adds columns the condition may use, such as audit scores.
-        The child stores a bitmap per segment, not a copy of the kept rows."""
+        `extra` adds columns the condition may use, such as audit scores: keyed by `_pos` (the row's
+        position in the version, for results that differ between two rows of one record) or else by
+        `id`. The child stores a bitmap per segment, not a copy of the kept rows."""
         parent = self.resolve(ref)
         try:
             predicate = pl.sql_expr(where)
         except pl.exceptions.PolarsError as exc:  # syntax errors, unsupported functions, ...
             raise AssayError(f"invalid --where {where!r}: {exc}") from exc
         parts: list[Part] = []
+        offset = 0
         with progress(f"filtering {parent.ref}", total=parent.records) as bar:
             for part in parent.parts:
-                parts.append(self._filter_part(part, predicate, where, extra))
+                parts.append(self._filter_part(part, offset, predicate, where, extra))
+                offset += part.kept
                 bar.advance(part.kept)
         return self.commit(name or parent.dataset, parts, operation="filter",
                            params={"where": where, "from": parent.ref}, parents=[parent.id])
 
-    def _filter_part(self, part: Part, predicate: pl.Expr, where: str, extra: pl.DataFrame | None) -> Part:
+    def _filter_part(self, part: Part, offset: int, predicate: pl.Expr, where: str,
+                     extra: pl.DataFrame | None) -> Part:
         df = pl.read_parquet(self._open(self.segment_path(part.segment))).with_row_index("_row")
         mask = self.part_mask(part)
         if mask is not None:
             df = df.filter(pl.Series(mask))
         if extra is not None:
-            df = df.join(extra, on="id", how="left")
+            df = df.with_row_index("_pos", offset=offset)
+            key = "_pos" if "_pos" in extra.columns else "id"
+            df = df.join(extra.drop("id", strict=False) if key == "_pos" else extra, on=key, how="left")
         try:
             kept_rows = df.filter(predicate)["_row"].to_numpy()
         except pl.exceptions.ColumnNotFoundError as exc:
-            cols = ", ".join(c for c in df.columns if c != "_row")
+            cols = ", ".join(c for c in df.columns if c not in ("_row", "_pos"))
             raise AssayError(f"invalid --where {where!r}: unknown column ({exc}); columns are: {cols}") from exc
         except pl.exceptions.PolarsError as exc:  # e.g. a condition that is not boolean
             raise AssayError(f"invalid --where {where!r}: {exc}") from exc

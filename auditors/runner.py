@@ -25,6 +25,11 @@ from .base import AuditContext, Auditor, AuditResult
 # name -> "module:Class"; each auditor is one file under auditors/
 REGISTRY: dict[str, str] = {
     "exact": "assay.auditors.exact:ExactDuplicates",
+    "minhash": "assay.auditors.minhash:MinHashDuplicates",
+    "embed": "assay.auditors.embed:SemanticDuplicates",
+    "diversity": "assay.auditors.diversity:Diversity",
+    "contamination": "assay.auditors.contamination:Contamination",
+    "quality": "assay.auditors.quality:Quality",
 }
 
 AUDITS_SCHEMA = """

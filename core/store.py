@@ -176,6 +176,12 @@ class Store:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+            # and the directory entry, so the rename itself survives a power loss
+            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
         else:
             self.fs.pipe_file(path, data)  # object stores publish a put whole or not at all
 
@@ -225,12 +231,13 @@ class Store:
         parents = list(parents or [])
         parts = [p for p in parts if p.kept > 0]
         content_hash = self._content_hash(parts)
+        code = code_version()  # before taking the write lock: it may run git
         with self.catalog.write() as conn:
             number = conn.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE dataset = ?",
                                   (dataset,)).fetchone()[0]
             manifest = Manifest(
                 dataset=dataset, number=number, parents=parents, operation=operation, params=params,
-                code_version=code_version(),
+                code_version=code,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
                 records=sum(p.kept for p in parts), content_hash=content_hash, parts=parts)
             manifest.id = manifest.body_hash()

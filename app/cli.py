@@ -238,6 +238,19 @@ def audit(version: Annotated[str, typer.Argument(help="version to audit")],
 
 
 @app.command()
+def report(version: Annotated[str, typer.Argument(help="version to report on")],
+           out_path: Annotated[str, typer.Option("--out", help="HTML file to write (its JSON goes beside it)")] = "report.html",
+           compare: Annotated[Optional[str], typer.Option("--compare", help="a second version, shown side by side")] = None,
+           as_json: JsonFlag = False) -> None:
+    """Write the report card of a version (from its stored audits) as self-contained HTML + JSON."""
+    from assay.auditors.report import write_report
+
+    _run(as_json, lambda: write_report(_store(), version, out_path, compare),
+         lambda r: out.print(f"wrote {r['html']} and {r['json']} ({' vs '.join(r['versions'])}; "
+                             f"audits: {', '.join(r['auditors']) or 'none'})"))
+
+
+@app.command()
 def verify(as_json: JsonFlag = False) -> None:
     """Check every manifest and segment against its hash; exit 1 on any mismatch."""
     store = _store()

@@ -14,6 +14,8 @@ Every other column is kept as metadata.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import fsspec
+import polars as pl
 import pyarrow as pa
 
 from assay.core.errors import AssayError, BadInput
@@ -54,6 +57,8 @@ class ImportConfig:
                 "'hf:ID' a Hub dataset)"})
     split: str | None = field(default=None, metadata={
         "help": "split of a Hugging Face dataset (default: 'train', or the only split)"})
+    fast_path: bool = field(default=True, metadata={
+        "help": "read plain Alpaca files column-wise (same result, several times faster); off: row by row"})
 
 
 def parse_mapping(text: str | None) -> dict[str, str]:
@@ -385,6 +390,75 @@ def _normalise(row: Any, pos: int, layout: Layout, source: Source, out: _Columns
                metadata(f["instruction"], f.get("input"), f.get("output")), provenance_source, pos)
 
 
+_METADATA_FAST_TYPES = (pl.String, pl.Int64, pl.Int32, pl.Boolean, pl.Float64)
+
+
+def _fast_alpaca_table(path: str, source: Source, layout: Layout, provenance_source: str) -> pa.Table | None:
+    """The columnar path for the common case (Alpaca columns in a local JSONL, CSV or Parquet file,
+    no nulls where a null could mean a missing key): it reads the file with Polars in one go and
+    builds the segment columns without a Python dict per row. It returns None whenever the row
+    path must decide, which then reads the file again and names the offending line; both paths
+    give identical rows (tests/pipelines/test_importer_fast.py)."""
+    fields = layout.fields
+    if (source.format not in ("jsonl", "csv", "tsv", "parquet") or layout.seed_tasks or "messages" in fields
+            or "://" in path or not Path(path).suffix.lower() in (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".pq")):
+        return None
+    try:
+        if source.format == "jsonl":
+            data = Path(path).read_bytes()
+            frame = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
+            lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+            del data
+            if lines != frame.height:  # blank lines: row numbers would not be line numbers
+                return None
+        elif source.format in ("csv", "tsv"):
+            frame = pl.read_csv(path, separator="\t" if source.format == "tsv" else ",", infer_schema=False).fill_null("")
+        else:
+            frame = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, ValueError):
+        return None
+    used = [fields[t] for t in ("instruction", "input", "output") if t in fields]
+    if any(frame.schema[c] != pl.String for c in used):
+        return None
+    if any(frame[fields[t]].null_count() for t in ("instruction", "output") if t in fields):
+        return None
+    meta_cols = [c for c in frame.columns if c not in used]
+    if any(frame.schema[c] not in _METADATA_FAST_TYPES or frame[c].null_count() for c in meta_cols):
+        return None
+    if frame.height == 0:
+        return None
+    text = {t: (pl.col(fields[t]).fill_null("") if t in fields else pl.lit("")) for t in ("instruction", "input", "output")}
+    # the canonical form of records.record_id, built column-wise: json.dumps([i, x, o, None],
+    # ensure_ascii=False, separators=(",", ":")) is '["' + escaped i + '","' ... '",null]'
+    canonical = pl.concat_str([pl.lit('["'), _json_escape(text["instruction"]), pl.lit('","'),
+                               _json_escape(text["input"]), pl.lit('","'), _json_escape(text["output"]),
+                               pl.lit('",null]')])
+    built = frame.select(
+        canonical=canonical,
+        instruction=text["instruction"], input=text["input"], output=text["output"],
+        metadata=pl.struct(meta_cols).struct.json_encode() if meta_cols else pl.lit("{}"),
+    )
+    ids = [hashlib.blake2b(c.encode(), digest_size=16).hexdigest() for c in built["canonical"].to_list()]
+    n = built.height
+    table = built.drop("canonical").with_columns(
+        id=pl.Series(ids), messages=pl.lit(None, dtype=pl.List(pl.Struct({"role": pl.String, "content": pl.String}))),
+        source=pl.lit(provenance_source), source_row=pl.int_range(1, n + 1, dtype=pl.Int64),
+        generator=pl.lit("import"), template=pl.lit(None, dtype=pl.String), model=pl.lit(None, dtype=pl.String),
+        sampling_params=pl.lit("{}"), parent_ids=pl.lit([], dtype=pl.List(pl.String)),
+    ).select(RECORD_SCHEMA.names).to_arrow()
+    return table.cast(RECORD_SCHEMA)
+
+
+# json.dumps(ensure_ascii=False) escapes exactly these: backslash, quote and the C0 controls
+_JSON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f",
+                 **{chr(c): f"\\u{c:04x}" for c in range(0x20) if chr(c) not in "\n\r\t\b\f"}}
+
+
+def _json_escape(expr: pl.Expr) -> pl.Expr:
+    # replace_many replaces all patterns in one left-to-right pass, so nothing is escaped twice
+    return expr.str.replace_many(list(_JSON_ESCAPES), list(_JSON_ESCAPES.values()))
+
+
 def import_source(store: Store, path: str, name: str, config: ImportConfig | None = None, *,
                   show_progress: bool | None = None) -> Manifest:
     """Import `path` as a new version of dataset `name` and return its manifest."""
@@ -403,6 +477,12 @@ def import_source(store: Store, path: str, name: str, config: ImportConfig | Non
     params = {"source": provenance_source, "format": source.format, "mapping": layout.fields,
               "split": config.split, "seed_tasks": layout.seed_tasks}
     writer = VersionWriter(store, name, "import", params)
+    fast = _fast_alpaca_table(path, source, layout, provenance_source) if config.fast_path else None
+    if fast is not None:
+        with progress(f"importing {Path(source.label).name}", total=fast.num_rows, enabled=show_progress) as bar:
+            writer.add_table(fast)
+            bar.advance(fast.num_rows)
+        return writer.commit()
     batch = _Columns()
 
     def rows() -> Iterator[tuple[int, Any]]:

@@ -44,6 +44,7 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "bot": "assistant", "chatgpt": "assistant", "model": "assistant", "system": "system"}
 FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "hf-disk", "hf")
 LAYOUT_SAMPLE_ROWS = 1000
+FAST_PATH_MAX_BYTES = 2 << 30
 BATCH_ROWS = 50_000
 
 
@@ -403,13 +404,13 @@ def _fast_alpaca_table(path: str, source: Source, layout: Layout, provenance_sou
     if (source.format not in ("jsonl", "csv", "tsv", "parquet") or layout.seed_tasks or "messages" in fields
             or "://" in path or not Path(path).suffix.lower() in (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".pq")):
         return None
+    # the whole file is held column-wise (about 5x its size at peak): past this, stream row by row
+    if Path(path).stat().st_size > FAST_PATH_MAX_BYTES:
+        return None
     try:
         if source.format == "jsonl":
-            data = Path(path).read_bytes()
-            frame = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
-            lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-            del data
-            if lines != frame.height:  # blank lines: row numbers would not be line numbers
+            frame = pl.read_ndjson(path, infer_schema_length=None)
+            if _count_lines(path) != frame.height:  # blank lines: row numbers would not be line numbers
                 return None
         elif source.format in ("csv", "tsv"):
             frame = pl.read_csv(path, separator="\t" if source.format == "tsv" else ",", infer_schema=False).fill_null("")
@@ -447,6 +448,15 @@ def _fast_alpaca_table(path: str, source: Source, layout: Layout, provenance_sou
         sampling_params=pl.lit("{}"), parent_ids=pl.lit([], dtype=pl.List(pl.String)),
     ).select(RECORD_SCHEMA.names).to_arrow()
     return table.cast(RECORD_SCHEMA)
+
+
+def _count_lines(path: str) -> int:
+    lines, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (0 if last == b"\n" else 1)
 
 
 # json.dumps(ensure_ascii=False) escapes exactly these: backslash, quote and the C0 controls

@@ -237,6 +237,74 @@ def audit(version: Annotated[str, typer.Argument(help="version to audit")],
     _run(as_json, work, render)
 
 
+def _coerce(value: str, type_name: str, option: str) -> Any:
+    """A CLI string as the generator option's declared type (lists comma-separated, dicts K=V,...)."""
+    base = type_name.replace(" | None", "").strip()
+    try:
+        if base == "int":
+            return int(value)
+        if base == "float":
+            return float(value)
+        if base == "bool":
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if base.startswith("list"):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if base.startswith("dict"):
+            return dict(pair.split("=", 1) for pair in value.split(",") if pair.strip())
+    except ValueError:
+        raise AssayError(f"--{option}: expected {base}, got {value!r}") from None
+    return value
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def generate(ctx: typer.Context,
+             kind: Annotated[str, typer.Argument(help="templates or self-instruct")],
+             name: Annotated[str, typer.Option("--name", "-n", help="dataset for the new version")],
+             run_id: Annotated[Optional[str], typer.Option("--run-id", help="resume or name the LLM run")] = None,
+             base_url: Annotated[Optional[str], typer.Option("--base-url", envvar="ASSAY_LLM_BASE_URL",
+                                                             help="OpenAI-compatible endpoint (default: embedded llama.cpp)")] = None,
+             model: Annotated[Optional[str], typer.Option("--model", help="model name at the endpoint")] = None,
+             temperature: Annotated[Optional[float], typer.Option("--temperature")] = None,
+             max_tokens: Annotated[Optional[int], typer.Option("--max-tokens")] = None,
+             concurrency: Annotated[Optional[int], typer.Option("--concurrency")] = None,
+             as_json: JsonFlag = False) -> None:
+    """Generate records with a generator; its options follow as --OPTION VALUE (see docs/generators.md),
+    e.g. `assay generate self-instruct --seeds seeds.jsonl --n 20 --name si`."""
+    from assay.core.llm import LLMConfig
+    from assay.pipelines.generate import generate as run_generator
+    from assay.pipelines.generate import generator_options
+
+    def work():
+        types = {o["name"]: o["type"] for o in generator_options(kind)}
+        config: dict[str, Any] = {}
+        args = list(ctx.args)
+        while args:
+            flag = args.pop(0)
+            if not flag.startswith("--"):
+                raise AssayError(f"unexpected argument {flag!r}: generator options are --OPTION VALUE")
+            key, eq, value = flag[2:].partition("=")
+            option = key.replace("-", "_")
+            if option not in types:
+                raise AssayError(f"{kind} has no option --{key}: options are "
+                                 + ", ".join("--" + o.replace("_", "-") for o in types))
+            if not eq:
+                if not args:
+                    raise AssayError(f"--{key} needs a value")
+                value = args.pop(0)
+            config[option] = _coerce(value, types[option], key)
+        llm = {k: v for k, v in dict(base_url=base_url, model=model, temperature=temperature, max_tokens=max_tokens,
+                                      concurrency=concurrency).items() if v is not None}
+        return run_generator(_store(), kind, name, config, LLMConfig(**llm), run_id)
+
+    def render(r):
+        out.print(f"{r['generator']}: {r['records']} records as {r['ref']} ({r['version'][:12]}); "
+                  f"requested {r['requested']}, failed {r['failed']}; run {r['run_id']}")
+
+    _run(as_json, work, render)
+
+
 @app.command()
 def report(version: Annotated[str, typer.Argument(help="version to report on")],
            out_path: Annotated[str, typer.Option("--out", help="HTML file to write (its JSON goes beside it)")] = "report.html",

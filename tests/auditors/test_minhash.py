@@ -1,0 +1,252 @@
+"""MinHash LSH near-duplicates: planted copies in real data, agreement with datasketch, calibration,
+the record cache across versions, config errors and texts without shingles."""
+
+import json
+import random
+import re
+
+import numpy as np
+import pytest
+
+from assay.auditors.minhash import MinHashConfig, MinHashDuplicates, optimal_bands_rows, union_find_min
+from assay.auditors.runner import audit_columns, audit_detail, filter_version, make_auditor, run_audit
+from assay.core.errors import AssayError
+from assay.pipelines.importer import import_source
+from helpers import write_jsonl
+
+# The word rule, written independently of the auditor: after lowercasing, a word is a run of ASCII
+# letters, digits and "_" or of non-ASCII characters; a shingle is 5 consecutive words joined.
+WORD = re.compile(r"[0-9a-z_\u0080-\U0010ffff]+")
+
+
+def ref_shingles(text: str, n: int = 5) -> set[str]:
+    words = WORD.findall(text.lower())
+    if len(words) >= n:
+        return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {" ".join(words)} if words else set()
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b)
+
+
+def text_of(row: dict) -> str:
+    """The auditor's `text` view of an Alpaca row (instruction, input, output)."""
+    prompt = row["instruction"] if not row["input"] else row["instruction"] + "\n\n" + row["input"]
+    return prompt if not row["output"] else prompt + "\n\n" + row["output"]
+
+
+def edit_words(text: str, k: int, rng: random.Random) -> str:
+    """k light edits: alternately replace an alphabetic word by a made-up one, or insert one."""
+    spots = [m for m in re.finditer(r"[A-Za-z]{3,}", text)]
+    for e, m in enumerate(sorted(rng.sample(spots, min(k, len(spots))), key=lambda m: m.start(), reverse=True)):
+        new = "qz" + "".join(rng.choice("bcdfgjkvwx") for _ in range(5))
+        text = text[:m.start()] + (new if e % 2 == 0 else m.group() + " " + new) + text[m.end():]
+    return text
+
+
+def codealpaca(shared_data, n: int | None = None) -> list[dict]:
+    rows = json.loads((shared_data / "instructions/codealpaca_new.json").read_text())
+    return [{"instruction": r["instruction"], "input": r["input"], "output": r["output"]} for r in rows[:n]]
+
+
+def datasketch_duplicates(texts: list[str], threshold: float, num_perm: int, params: tuple[int, int]) -> np.ndarray:
+    """The reference pipeline: datasketch MinHash.bulk over the same shingles, MinHashLSH with the same
+    bands x rows, every record queried, candidates kept when MinHash.jaccard >= threshold, union-find
+    with the smallest position as root; records without shingles are not indexed."""
+    from datasketch import MinHash, MinHashLSH
+
+    sets = [ref_shingles(t) for t in texts]
+    indexed = [i for i, s in enumerate(sets) if s]
+    hashes = MinHash.bulk([[s.encode() for s in sets[i]] for i in indexed], num_perm=num_perm)
+    by_pos = dict(zip(indexed, hashes))
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=params)
+    for i, m in by_pos.items():
+        lsh.insert(i, m)
+    parent = list(range(len(texts)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i, m in by_pos.items():
+        for j in lsh.query(m):
+            if j != i and m.jaccard(by_pos[j]) >= threshold:
+                a, b = find(i), find(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return np.array([find(i) != i for i in range(len(texts))])
+
+
+def test_planted_near_duplicates_in_real_data_are_found(store, shared_data, tmp_path):
+    rows = codealpaca(shared_data)
+    rng = random.Random(7)
+    long_rows = [i for i, r in enumerate(rows) if len(ref_shingles(text_of(r))) >= 80]
+    originals, planted = [], []
+    for i in rng.sample(long_rows, len(long_rows)):
+        copy = dict(rows[i])
+        copy["output"] = edit_words(copy["output"], 1 + len(planted) % 2, rng)  # one or two words edited
+        # keep light edits only: true Jaccard >= 0.88, well above the 0.8 threshold
+        if jaccard(ref_shingles(text_of(copy)), ref_shingles(text_of(rows[i]))) >= 0.88 and len(planted) < 40:
+            originals.append(i)
+            planted.append(copy)
+    assert len(planted) == 40
+    version = import_source(store, str(write_jsonl(tmp_path / "c.jsonl", rows + planted)), "c")
+    summary = run_audit(store, version.id, [MinHashDuplicates()])["auditors"]["minhash"]
+    cols = audit_columns(store, version)
+    n = len(rows)
+    copies = cols[n:]
+    assert copies["minhash_duplicate"].all()
+    # each copy joins its original's cluster (the original, or an earlier near-copy of it)
+    assert copies["minhash_cluster"].to_list() == cols["minhash_cluster"].gather(originals).to_list()
+    assert (copies["minhash_jaccard"] >= 0.8).all() and (copies["minhash_cluster_size"] >= 2).all()
+    # clean real data: at most 0.5% of the original records flagged (observed: 3 of 4,535, all true
+    # near-copies in CodeAlpaca itself, e.g. two Levenshtein functions worded slightly differently)
+    clean_flagged = int(cols[:n]["minhash_duplicate"].sum())
+    assert clean_flagged <= 0.005 * n
+    assert summary["duplicate_records"] == 40 + clean_flagged
+    assert summary["bands"] * summary["rows"] <= 128 and summary["examples"]
+    # the columns drive `assay filter`: dropping duplicates removes every planted copy
+    kept = filter_version(store, version.id, "NOT minhash_duplicate", "c")
+    assert kept.records == n - clean_flagged
+
+
+def test_decisions_agree_with_datasketch(store, shared_data, tmp_path):
+    rows = codealpaca(shared_data)
+    rng = random.Random(11)
+    long_rows = [i for i, r in enumerate(rows) if len(ref_shingles(text_of(r))) >= 70]
+    planted = []
+    for k, i in enumerate(rng.sample(long_rows, 150)):
+        copy = dict(rows[i])
+        copy["output"] = edit_words(copy["output"], 1 + k % 4, rng)  # 1 to 4 edits: Jaccard ~0.6 to ~0.95
+        planted.append(copy)
+    all_rows = rows + planted
+    version = import_source(store, str(write_jsonl(tmp_path / "c.jsonl", all_rows)), "c")
+    auditor = MinHashDuplicates()
+    bands, rows_per_band = auditor.effective_bands_rows()
+    run_audit(store, version.id, [auditor])
+    ours = audit_columns(store, version)["minhash_duplicate"].to_numpy()
+    theirs = datasketch_duplicates([text_of(r) for r in all_rows], 0.8, 128, (bands, rows_per_band))
+    assert ours.sum() >= 50 and theirs.sum() >= 50  # not a vacuous agreement on "nothing is a duplicate"
+    # the two use different hash functions, so pairs whose Jaccard is near 0.8 can fall either side
+    agreement = (ours == theirs).mean()
+    assert agreement >= 0.99, f"agreement {agreement:.4f}: ours {ours.sum()}, datasketch {theirs.sum()}"
+
+
+def test_bands_and_rows_are_chosen_like_datasketch():
+    from datasketch.lsh import _optimal_param
+
+    for threshold, weights in [(0.8, (0.1, 0.9)), (0.8, (0.5, 0.5)), (0.5, (0.5, 0.5)), (0.9, (0.3, 0.7))]:
+        assert optimal_bands_rows(threshold, 128, *weights) == _optimal_param(threshold, 128, *weights)
+    assert MinHashDuplicates().effective_bands_rows() == _optimal_param(0.8, 128, 0.1, 0.9)
+    # explicit bands x rows win over the threshold
+    assert MinHashDuplicates(MinHashConfig(threshold=0.5, bands=16, rows=8)).effective_bands_rows() == (16, 8)
+
+
+def test_calibration_pairs_carry_the_true_jaccard(store, shared_data, tmp_path):
+    questions = [json.loads(line)["question"] for line in
+                 (shared_data / "benchmarks/gsm8k_test.jsonl").read_text().splitlines()]
+    long_q = [q for q in questions if len(WORD.findall(q.lower())) >= 50][:300]
+    rng = random.Random(3)
+    pairs = []
+    for q in long_q[:3]:
+        pairs.append((q, edit_words(q, 1, rng)))
+    rows = [{"instruction": q, "input": "", "output": ""} for q in long_q[3:]]
+    for a, b in pairs:
+        rows += [{"instruction": a, "input": "", "output": ""}, {"instruction": b, "input": "", "output": ""}]
+    version = import_source(store, str(write_jsonl(tmp_path / "q.jsonl", rows)), "q")
+    run_audit(store, version.id, [MinHashDuplicates()])
+    cal = audit_detail(store, version, "minhash", "calibration")
+    assert cal.height and cal["estimated_jaccard"].is_between(0.65 - 1e-9, 0.95 + 1e-9).all()
+    found = 0
+    base = len(rows) - 2 * len(pairs)
+    for k, (a, b) in enumerate(pairs):
+        # by hand: the two questions' word 5-gram sets, built here
+        truth = jaccard(ref_shingles(a), ref_shingles(b))
+        assert 0.75 < truth < 0.9
+        hit = cal.filter((cal["pos_a"] == base + 2 * k) & (cal["pos_b"] == base + 2 * k + 1))
+        if hit.height:
+            found += 1
+            assert hit["true_jaccard"][0] == pytest.approx(truth, abs=1e-12)
+            assert hit["text_a"][0] == a[:500] and hit["text_b"][0] == b[:500]
+            assert hit["outcome"][0] == ("true positive" if hit["accepted"][0] else "false negative")
+    assert found >= 2
+
+
+def test_child_version_reuses_every_signature(store, shared_data, tmp_path):
+    version = import_source(store, str(write_jsonl(tmp_path / "c.jsonl", codealpaca(shared_data, 2000))), "c")
+    first = run_audit(store, version.id, [MinHashDuplicates()])["auditors"]["minhash"]
+    assert first["signatures_computed"] == 2000 and first["signatures_reused"] == 0
+    cache_dir = store._path("cache", "minhash")
+    chunks = sorted(store.fs.find(cache_dir))
+    child = filter_version(store, version.id, "source_row % 10 <> 0", "c")
+    assert child.records == 1800
+    again = run_audit(store, child.id, [MinHashDuplicates()])["auditors"]["minhash"]
+    assert again["signatures_computed"] == 0 and again["signatures_reused"] == 1800
+    # another threshold changes no signature either
+    other = run_audit(store, child.id, [MinHashDuplicates(MinHashConfig(threshold=0.6))])["auditors"]["minhash"]
+    assert other["signatures_computed"] == 0 and other["bands"] != again["bands"]
+    assert sorted(store.fs.find(cache_dir)) == chunks  # no new cache chunk was written
+    # a setting that changes signatures (the shingle size) computes them afresh
+    fresh = run_audit(store, child.id, [MinHashDuplicates(MinHashConfig(ngram=3))])["auditors"]["minhash"]
+    assert fresh["signatures_computed"] == 1800
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"threshold": 0}, "threshold must be a number in \\(0, 1\\]"),
+    ({"threshold": 1.5}, "threshold must be a number in \\(0, 1\\]"),
+    ({"threshold": "high"}, "threshold must be a number"),
+    ({"shingle": "token"}, "shingle must be word or char"),
+    ({"column": "metadata"}, "column must be text, prompt or response"),
+    ({"bands": 20}, "give bands and rows together"),
+    ({"bands": 20, "rows": 10}, "bands x rows = 200 exceeds num_perm = 128"),
+    ({"ngram": 0}, "ngram must be an integer"),
+])
+def test_bad_config_is_a_clear_error(options, message):
+    with pytest.raises(AssayError, match="minhash: " + message):
+        make_auditor("minhash", options)
+
+
+def test_texts_without_shingles_are_never_clustered(store, tmp_path):
+    rows = [{"instruction": "", "output": ""}, {"instruction": "!!!", "output": "?"}, {"instruction": "", "output": ""},
+            {"instruction": "Name three primary colours.", "output": "Red, yellow and blue."},
+            {"instruction": "name three primary colours", "output": "red yellow and blue"}]
+    version = import_source(store, str(write_jsonl(tmp_path / "e.jsonl", rows)), "e")
+    summary = run_audit(store, version.id, [MinHashDuplicates()])["auditors"]["minhash"]
+    cols = audit_columns(store, version)
+    assert cols["minhash_no_shingles"].to_list() == [True, True, True, False, False]
+    assert cols["minhash_duplicate"].to_list() == [False, False, False, False, True]
+    assert cols["minhash_cluster"].to_list() == [0, 1, 2, 3, 3]
+    assert summary["no_shingle_records"] == 3 and summary["duplicate_records"] == 1
+
+
+def test_char_shingles_find_near_copies_in_unspaced_text(store, tmp_path):
+    base = "机器学习是人工智能的一个分支，它使计算机能够从数据中学习并不断改进，而无需进行明确的编程。深度学习是机器学习的一个子领域。"
+    rows = [{"instruction": base, "output": ""}, {"instruction": base.replace("不断", "持续"), "output": ""},
+            {"instruction": "今天天气很好，我们去公园散步吧，顺便买一些水果和面包回家。", "output": ""}]
+    version = import_source(store, str(write_jsonl(tmp_path / "z.jsonl", rows)), "z")
+    run_audit(store, version.id, [MinHashDuplicates(MinHashConfig(shingle="char", ngram=3, threshold=0.7))])
+    assert audit_columns(store, version)["minhash_duplicate"].to_list() == [False, True, False]
+
+
+def test_union_find_gives_each_component_its_smallest_node():
+    rng = np.random.default_rng(0)
+    n = 2000
+    left, right = rng.integers(0, n, 1500), rng.integers(0, n, 1500)
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for a, b in zip(left, right):
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    assert union_find_min(n, left, right).tolist() == [find(i) for i in range(n)]
+    # a long chain collapses onto its first node
+    chain = np.arange(999, 0, -1)
+    assert (union_find_min(1000, chain, chain - 1) == 0).all()

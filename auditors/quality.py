@@ -358,7 +358,8 @@ def record_flags(frame: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
 def _openers(texts: pl.Expr, n: int) -> pl.Expr:
     """The first `n` words (lower case, punctuation dropped; 80 characters at most, for the report)
     or null when there are fewer."""
-    words = texts.str.to_lowercase().str.extract_all(r"[\p{L}\p{N}']+")
+    # only the head of the text can hold its first three words: don't tokenise whole responses
+    words = texts.str.slice(0, 300).str.to_lowercase().str.extract_all(r"[\p{L}\p{N}']+")
     return pl.when(words.list.len() >= n).then(words.list.head(n).list.join(" ").str.slice(0, 80))
 
 

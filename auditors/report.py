@@ -136,7 +136,7 @@ def build_report(store: Store, ref: str, compare: str | None = None) -> dict[str
     cards = [version_card(store, ref)] + ([version_card(store, compare)] if compare else [])
     report: dict[str, Any] = {"versions": [_public(c) for c in cards]}
     if compare:
-        report["diff"] = store.diff(ref, compare)
+        report["diff"] = store.diff(compare, ref)  # the compared version is the baseline
     report["_plots"] = [_plots(c) for c in cards]
     return report
 
@@ -149,7 +149,8 @@ def _flat_figures(summary: dict[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(value, (int, float, str, bool)) or value is None:
             out[key] = value
-        elif isinstance(value, dict) and all(isinstance(v, (int, float, str, bool)) or v is None for v in value.values()):
+        elif isinstance(value, dict) and len(value) <= 6 and all(
+                isinstance(v, (int, float, str, bool)) or v is None for v in value.values()):  # short ones only
             for sub, v in value.items():
                 out[f"{key}.{sub}"] = v
     return out

@@ -25,7 +25,7 @@ def test_report_card_is_self_contained_and_escapes_record_text(store, tmp_path):
     assert [v["version"]["ref"] for v in data["versions"]] == ["a@1", "a@2"]
     assert data["versions"][0]["audits"]["exact"]["duplicate_records"] == 2
     assert data["versions"][1]["audits"]["exact"]["duplicate_records"] == 0
-    assert data["diff"]["removed"] == 5  # the payload record and task 0..3
+    assert data["diff"]["removed"] == 0 and data["diff"]["added"] == 5  # a@2 -> a@1: the payload and task 0..3
     assert result["auditors"] == ["exact"]
 
 

@@ -37,6 +37,9 @@ class AuditResult:
     details: dict[str, pl.DataFrame] = field(default_factory=dict)
 
 
+COMPUTE_CHUNK_ROWS = 50_000
+
+
 class RecordCache:
     """Per-record results keyed by record id, in Parquet chunks under
     `<workspace>/cache/<namespace>/`. Chunks are only ever added (atomically), so concurrent audits
@@ -76,10 +79,16 @@ class RecordCache:
         missing = unique if found is None else unique.join(found.select("id"), on="id", how="anti")
         self.misses += missing.height
         self.hits += unique.height - missing.height
-        if missing.height:
-            computed = compute(missing)
+        # in chunks: per-record work (regexes, n-gram lists, signatures) builds intermediates many
+        # times the size of the text, so a million records at once would need tens of GB; each
+        # chunk is saved as it is done, so an interrupted audit keeps its work
+        parts = [] if found is None else [found]
+        for start in range(0, missing.height, COMPUTE_CHUNK_ROWS):
+            computed = compute(missing.slice(start, COMPUTE_CHUNK_ROWS))
             self.add(computed)
-            found = computed if found is None else pl.concat([found, computed], how="vertical_relaxed")
+            parts.append(computed)
+        if parts:
+            found = pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
         return records.select("id").join(found, on="id", how="left", maintain_order="left")
 
 

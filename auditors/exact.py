@@ -3,6 +3,7 @@ version is a duplicate of that first row (the cluster's kept representative)."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -40,8 +41,17 @@ class ExactDuplicates(Auditor):
         if cfg.column not in ("text", "prompt", "response"):
             from assay.core.errors import AssayError
             raise AssayError(f"exact: column must be text, prompt or response, not {cfg.column!r}")
-        keyed = records.select(pl.col(cfg.column).alias("raw")).with_row_index("pos").with_columns(
-            norm=normalise(pl.col("raw"), cfg))
+        # the normalised text's digest is per-record content work: cached by record id, so a
+        # filtered child only groups
+        def digest(missing: pl.DataFrame) -> pl.DataFrame:
+            norm = missing.select(normalise(pl.col(cfg.column), cfg))[:, 0].to_list()
+            return pl.DataFrame({"id": missing["id"],
+                                 "key": [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in norm],
+                                 "empty": [t == "" for t in norm]})
+
+        cached = ctx.cached(self).get_or_compute(records.select("id", cfg.column), digest)
+        keyed = records.select(pl.col(cfg.column).alias("raw")).with_columns(
+            norm=cached["key"], empty=cached["empty"]).with_row_index("pos")
         # the representative is the first row (in version order) with the same normalised text
         keyed = keyed.with_columns(
             cluster=pl.col("pos").min().over("norm"),
@@ -51,7 +61,7 @@ class ExactDuplicates(Auditor):
             exact_cluster=pl.col("cluster").cast(pl.Int64),
             exact_duplicate=pl.col("pos") != pl.col("cluster"),
             exact_cluster_size=pl.col("size").cast(pl.Int64),
-            exact_empty=pl.col("norm") == "",
+            exact_empty=pl.col("empty"),
         )
         groups = keyed.filter(pl.col("size") > 1).group_by("cluster").agg(
             size=pl.len(), example=pl.col("raw").first()).sort(["size", "cluster"], descending=[True, False])

@@ -13,8 +13,8 @@ Two tiers, run on one text view of every record (`column`, default `text` = prom
 (b) embedding nearest neighbour, as lm-sys llm-decontaminator's first stage: cosine similarity of
     the record's embedding (the shared embedding cache, `auditors/embeddings.py`) to every benchmark
     item; at or above `threshold` the record is flagged. Catches rephrasings the n-grams miss.
-(c) an LLM judge over the nearest neighbours (llm-decontaminator's second stage) needs the LLM layer,
-    which does not exist yet: `llm_judge=True` is refused.
+(c) optionally, an LLM judge over the nearest neighbours (llm-decontaminator's second stage), through the
+    project's LLM client: column `contamination_judge` (null where not judged or the call failed).
 
 Per-record results depend only on the record, the loaded benchmark texts and the config, so they
 are cached by record id under a namespace that includes a fingerprint of the benchmark texts.
@@ -23,7 +23,9 @@ are cached by record id under a namespace that includes a fingerprint of the ben
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -54,7 +56,13 @@ class ContaminationConfig:
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": "sentence-transformers model of the embedding tier (name or local path)"})
     llm_judge: bool = field(default=False, metadata={
-        "help": "LLM judge over the nearest neighbours (llm-decontaminator); needs the LLM layer, not available yet"})
+        "help": "ask an LLM whether each record and its nearest benchmark item are the same problem "
+                "(llm-decontaminator's second stage); a 'same' verdict flags the record"})
+    judge_min_similarity: float = field(default=0.6, metadata={
+        "help": "records whose nearest benchmark item is at least this cosine-similar go to the judge"})
+    judge_base_url: str | None = field(default=None, metadata={
+        "help": "OpenAI-compatible endpoint for the judge (default: $ASSAY_LLM_BASE_URL, else the embedded server)"})
+    judge_model: str | None = field(default=None, metadata={"help": "model name at that endpoint"})
 
 
 # ---- the n-gram tier ---------------------------------------------------------------------------
@@ -447,6 +455,25 @@ CACHE_SCHEMA = {
 COLUMNS = [c for c in CACHE_SCHEMA if c.startswith("contamination_")]
 
 
+JUDGE_PROMPT = Path(__file__).parent / "templates" / "contamination_judge.j2"
+
+
+def _parse_verdict(reply: str) -> bool:
+    """The judge's answer: JSON {"same": bool} where the endpoint gives it, else a leading yes/no."""
+    from assay.core.llm import parse_json
+
+    try:
+        value = parse_json(reply)
+        if isinstance(value, dict) and isinstance(value.get("same"), bool):
+            return value["same"]
+    except Exception:  # not JSON: read the words
+        pass
+    match = re.search(r"\b(yes|no|true|false)\b", (reply or "").lower())
+    if not match:
+        raise ValueError("the judge answered neither yes nor no")
+    return match.group(1) in ("yes", "true")
+
+
 class Contamination(Auditor):
     name = "contamination"
     Config = ContaminationConfig
@@ -454,9 +481,9 @@ class Contamination(Auditor):
     def __init__(self, config: ContaminationConfig | None = None):
         super().__init__(config)
         cfg: ContaminationConfig = self.config
-        if cfg.llm_judge:
-            raise AssayError("contamination: the LLM-judge tier needs the LLM layer, which is not available yet; "
-                             "run without llm_judge (n-gram and embedding tiers)")
+        if cfg.llm_judge and not cfg.semantic:
+            raise AssayError("contamination: the LLM judge reads the embedding tier's nearest items: "
+                             "turn semantic on, or llm_judge off")
         if cfg.column not in ("text", "prompt", "response"):
             raise AssayError(f"contamination: column must be text, prompt or response, not {cfg.column!r}")
         if isinstance(cfg.benchmarks, str):
@@ -484,6 +511,12 @@ class Contamination(Auditor):
                                      lambda missing: self._compute(missing, items, index(), ctx))
         columns = found.select(COLUMNS)
         summary = self._summary(found, records, benchmarks, items, cache.hits)
+        if cfg.llm_judge:
+            verdicts, judge_summary = self._judge(found, records, items, ctx)
+            columns = columns.with_columns(contamination_judge=verdicts).with_columns(
+                contamination_flagged=pl.col("contamination_flagged") | pl.col("contamination_judge").fill_null(False))
+            summary["judge"] = judge_summary
+            summary["flagged_records"] = int(columns["contamination_flagged"].sum())
         details = {"evidence": self._evidence(found, records, items),
                    "near_misses": self._near_misses(found, records, items)}
         return AuditResult(columns=columns, summary=summary, details=details)
@@ -548,6 +581,43 @@ class Contamination(Auditor):
             nearest[start:start + 4096] = block.argmax(axis=1)
             sims[start:start + 4096] = block.max(axis=1)
         return np.clip(sims, -1.0, 1.0), nearest
+
+    # tier (c): the LLM judge -------------------------------------------------------------------
+
+    def _judge(self, found: pl.DataFrame, records: pl.DataFrame, items: pl.DataFrame,
+               ctx: AuditContext) -> tuple[pl.Series, dict]:
+        """Ask the LLM about every record whose nearest benchmark item is close enough. Calls go
+        through the LLM layer's journal and cache (run `contamination-judge-<version>`), so a
+        re-audit asks nothing twice; a failed call leaves the verdict null and is listed with its
+        raw reply by `assay runs show RUN --failures`."""
+        from jinja2 import Template
+
+        from assay.core.llm import LLMClient, LLMConfig, Request
+
+        cfg: ContaminationConfig = self.config
+        texts = dict(zip(zip(items["benchmark"].to_list(), items["item"].to_list()), items["text"].to_list()))
+        frame = found.select("id", "contamination_similarity", "nearest_benchmark", "nearest_item").with_columns(
+            text=records[cfg.column])
+        candidates = frame.filter(pl.col("contamination_similarity") >= cfg.judge_min_similarity).unique(
+            ["id", "nearest_item"], keep="first", maintain_order=True)
+        prompt = Template(JUDGE_PROMPT.read_text(encoding="utf-8"))
+        requests = [Request(key=f"{r['id']}:{r['nearest_benchmark']}:{r['nearest_item']}",
+                            messages=[{"role": "user", "content": prompt.render(
+                                record=r["text"][:4000],
+                                item=texts[(r["nearest_benchmark"], r["nearest_item"])][:4000])}],
+                            params={"max_tokens": 64}, parse=_parse_verdict)
+                    for r in candidates.iter_rows(named=True)]
+        run_id = f"contamination-judge-{ctx.version_id[:16]}"
+        llm = LLMConfig(**{k: v for k, v in (("base_url", cfg.judge_base_url), ("model", cfg.judge_model))
+                           if v is not None}, temperature=0.0, seed=0)
+        results = LLMClient(llm).run_batch(run_id, requests, ctx.store) if requests else []
+        verdict = {r.key: (r.value if r.ok else None) for r in results}
+        keys = frame.select(pl.concat_str(["id", "nearest_benchmark", "nearest_item"], separator=":"))[:, 0]
+        eligible = (frame["contamination_similarity"] >= cfg.judge_min_similarity).fill_null(False)
+        values = [verdict.get(k) if ok else None for k, ok in zip(keys.to_list(), eligible.to_list())]
+        series = pl.Series("contamination_judge", values, dtype=pl.Boolean)
+        return series, {"run_id": run_id, "judged": len(requests), "same": sum(1 for r in results if r.ok and r.value),
+                        "failed": sum(1 for r in results if not r.ok)}
 
     # summary and details ---------------------------------------------------------------------
 

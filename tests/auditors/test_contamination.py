@@ -294,8 +294,8 @@ def test_changed_benchmark_content_is_not_served_from_the_cache(store, tmp_path)
 # ---- configuration and bad inputs ----------------------------------------------------------------
 
 def test_llm_judge_and_bad_settings_are_refused():
-    with pytest.raises(AssayError, match="needs the LLM layer"):
-        make_auditor("contamination", {"llm_judge": True})
+    with pytest.raises(AssayError, match="LLM judge reads the embedding tier"):
+        make_auditor("contamination", {"llm_judge": True, "semantic": False})
     with pytest.raises(AssayError, match="column must be text, prompt or response"):
         Contamination(ContaminationConfig(column="output"))
     with pytest.raises(AssayError, match="ngram must be"):
@@ -393,3 +393,32 @@ def test_bad_benchmark_fails_the_audit_before_any_result(store, tmp_path):
     bad = write_jsonl(tmp_path / "b.jsonl", [{"question": "fine"}, {"prompt": "no question"}])
     with pytest.raises(BadInput, match=r"b\.jsonl:2: field 'question'"):
         run_audit(store, version.id, [make_auditor("contamination", {"benchmarks": [str(bad)], "semantic": False})])
+
+
+def test_llm_judge_flags_what_the_judge_calls_the_same(store, tmp_path):
+    """The judge tier through the real LLM client, against the fault-injecting server: its normal
+    reply echoes the prompt, whose answer format reads as 'same', so every judged record is flagged;
+    a record carrying the server's fault tag gets no verdict and its failure is journalled."""
+    from fault_server import FaultServer
+
+    from assay.core.journal import run_failures
+
+    bench = write_jsonl(tmp_path / "bench.jsonl", [
+        {"question": "A farmer has 12 cows and buys 7 more. How many cows does the farmer have now?"},
+        {"question": "Write a function that returns the reverse of a string."}])
+    rows = [
+        {"instruction": "A farmer owns 12 cows and then purchases 7 more cows. How many cows are there now?", "output": "19"},
+        {"instruction": "Write a function returning the reverse of a given string. [[always:500]]", "output": "s[::-1]"},
+        {"instruction": "Name three primary colours.", "output": "Red, yellow and blue."},
+    ]
+    version = import_source(store, str(write_jsonl(tmp_path / "d.jsonl", rows)), "d")
+    with FaultServer(seed=0, fault_rate=0.0) as srv:
+        config = {"benchmarks": [str(bench)], "column": "prompt", "threshold": 0.99, "judge_min_similarity": 0.6,
+                  "llm_judge": True, "judge_base_url": srv.base_url, "judge_model": srv.model}
+        summary = run_audit(store, version.id, [make_auditor("contamination", config)])["auditors"]["contamination"]
+    cols = audit_columns(store, version)
+    assert cols["contamination_judge"].to_list() == [True, None, None]
+    assert cols["contamination_flagged"].to_list() == [True, False, False]
+    assert summary["judge"]["judged"] == 2 and summary["judge"]["failed"] == 1 and summary["flagged_records"] == 1
+    failures = run_failures(store, summary["judge"]["run_id"])
+    assert len(failures) == 1 and "always:500" in json.dumps(failures[0]["request"])

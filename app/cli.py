@@ -3,6 +3,7 @@ print exactly one JSON object on stdout (errors too: {"error": ...}, with a non-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Annotated, Any, Callable, Optional
@@ -39,7 +40,13 @@ def _run(as_json: bool, work: Callable[[], Any], render: Callable[[Any], None]) 
     """Run a command body; print its result as JSON or through `render`; turn AssayError into a
     one-line message and exit code 1."""
     try:
-        result = work()
+        if as_json:
+            # libraries that print (transformers' Trainer logs, for one) must not break the one
+            # JSON object on stdout: whatever they print goes to stderr
+            with contextlib.redirect_stdout(sys.stderr):
+                result = work()
+        else:
+            result = work()
     except AssayError as exc:
         if as_json:
             print(json.dumps({"error": str(exc)}, ensure_ascii=False))
@@ -303,6 +310,59 @@ def generate(ctx: typer.Context,
                   f"requested {r['requested']}, failed {r['failed']}; run {r['run_id']}")
 
     _run(as_json, work, render)
+
+
+def _train_config(preset: str, model: Optional[str], method: Optional[str], options: list[str] | None):
+    from assay.trainer.config import TrainConfig
+
+    overrides: dict[str, Any] = {}
+    for pair in options or []:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise AssayError(f"invalid --option {pair!r}: expected FIELD=VALUE")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw
+    return TrainConfig.from_preset(preset, model=model, method=method, **overrides)
+
+
+TrainPreset = Annotated[str, typer.Option("--preset", help="cpu-smoke (seconds, tests), cpu-demo (SmolLM2 + LoRA), gpu")]
+TrainModel = Annotated[Optional[str], typer.Option("--model", help="Hugging Face model id or local path (default: the preset's)")]
+TrainMethod = Annotated[Optional[str], typer.Option("--method", help="lora or full")]
+TrainOptions = Annotated[Optional[list[str]], typer.Option("--option", "-o", help="any TrainConfig field, FIELD=VALUE")]
+
+
+@app.command()
+def train(version: Annotated[str, typer.Argument(help="version to fine-tune on")],
+          preset: TrainPreset = "cpu-smoke", model: TrainModel = None, method: TrainMethod = None,
+          option: TrainOptions = None,
+          resume: Annotated[Optional[str], typer.Option("--resume", help="run id to resume from its last checkpoint")] = None,
+          as_json: JsonFlag = False) -> None:
+    """Fine-tune a causal LM on a version; the run is recorded with the exact version it used."""
+    from assay.trainer.train import train as run_training
+
+    def work():
+        return run_training(_store(), version, _train_config(preset, model, method, option), resume=resume,
+                            show_progress=None if not as_json else False)
+
+    _run(as_json, work, lambda r: out.print(json.dumps({k: r[k] for k in r if k in ("run_id", "version", "metrics")},
+                                                       indent=1, default=str)))
+
+
+@app.command()
+def compare(a: Annotated[str, typer.Argument(help="version A (the baseline)")],
+            b: Annotated[str, typer.Argument(help="version B")],
+            preset: TrainPreset = "cpu-smoke", model: TrainModel = None, method: TrainMethod = None,
+            option: TrainOptions = None, as_json: JsonFlag = False) -> None:
+    """Train on A and on B with the same config, seed and evaluation sets; print both runs and the delta."""
+    from assay.trainer.compare import compare as run_compare
+
+    def work():
+        return run_compare(_store(), a, b, _train_config(preset, model, method, option),
+                           show_progress=None if not as_json else False)
+
+    _run(as_json, work, lambda r: out.print(json.dumps({"data": r["data"], "delta": r["delta"]}, indent=1, default=str)))
 
 
 @app.command()

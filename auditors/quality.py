@@ -324,6 +324,10 @@ def record_flags(frame: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
     lang_col = {"response": "response", "prompt": "prompt", "text": "text"}[cfg.language_column]
     lang_text = (pl.col("prompt") + "\n\n" + pl.col("response")) if lang_col == "text" else pl.col(lang_col)
     out = base.with_columns(
+        _head=_head_words(pl.col("response")),
+        first_word=_openers(pl.col("prompt").str.slice(0, 80), 1),
+    ).with_columns(
+        **{f"opener_{n}": _openers(pl.col("response"), n, pl.col("_head")) for n in (1, 2, 3)},
         norm_r=_copy_form(pl.col("response")),
         norm_p=_copy_form(pl.col("prompt")),
         quality_repetition=score, _n_grams=n_grams, _top_line=top_line,
@@ -350,6 +354,7 @@ def record_flags(frame: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
         pl.concat_str([pl.when(pl.col(f"quality_{f}")).then(pl.lit(f)) for f in FLAGS],
                       separator=",", ignore_nulls=True).fill_null("").alias("quality_flags"),
         "quality_repetition",
+        *[pl.col(c) for c in OPENER_COLUMNS],
     )
 
 
@@ -368,12 +373,23 @@ def _openers(texts: pl.Expr, n: int, words: pl.Expr | None = None) -> pl.Expr:
     return pl.when(words.list.len() >= n).then(words.list.head(n).list.join(" ").str.slice(0, 80))
 
 
-def style_homogeneity(records: pl.DataFrame, cfg: QualityConfig) -> tuple[dict[str, Any], pl.Series, pl.DataFrame]:
-    """(summary figures, quality_common_opener per row, top openers frame)."""
-    frame = records.select(pl.col("response").fill_null(""), pl.col("prompt").fill_null("")).with_columns(
-        _words=_head_words(pl.col("response")),
-        first_word=_openers(pl.col("prompt").str.slice(0, 80), 1)).with_columns(
-        **{f"o{n}": _openers(pl.col("response"), n, pl.col("_words")) for n in (1, 2, 3)})
+OPENER_COLUMNS = ("opener_1", "opener_2", "opener_3", "first_word")
+
+
+def style_homogeneity(records: pl.DataFrame, cfg: QualityConfig,
+                      openers: pl.DataFrame | None = None) -> tuple[dict[str, Any], pl.Series, pl.DataFrame]:
+    """(summary figures, quality_common_opener per row, top openers frame). `openers` (the
+    OPENER_COLUMNS, one row per record row) comes from the per-record cache when there is one;
+    without it they are computed here."""
+    if openers is None:
+        openers = records.select(pl.col("response").fill_null(""), pl.col("prompt").fill_null("")).with_columns(
+            _head=_head_words(pl.col("response")),
+            first_word=_openers(pl.col("prompt").str.slice(0, 80), 1)).select(
+            *[_openers(pl.col("response"), n, pl.col("_head")).alias(f"opener_{n}") for n in (1, 2, 3)],
+            "first_word")
+    frame = pl.concat([records.select(pl.col("response").fill_null("")),
+                       openers.select([pl.col(f"opener_{n}").alias(f"o{n}") for n in (1, 2, 3)] + ["first_word"])],
+                      how="horizontal")
     answered = max(int((frame["response"].str.strip_chars() != "").sum()), 1)
     figures: dict[str, Any] = {"responses": answered}
     tops = []
@@ -413,6 +429,7 @@ class Quality(Auditor):
 
     name = "quality"
     Config = QualityConfig
+    revision = 2  # 2: the per-record cache also holds the openers
 
     def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
         cfg: QualityConfig = self.config
@@ -428,8 +445,8 @@ class Quality(Auditor):
                 raise AssayError(f"quality: invalid refusal pattern {pattern!r}: {exc}") from None
         cache = ctx.cached(self)
         flags = cache.get_or_compute(records.select("id", "prompt", "response"), lambda f: record_flags(f, cfg))
-        style, common, top_openers = style_homogeneity(records, cfg)
-        columns = flags.drop("id").with_columns(common)
+        style, common, top_openers = style_homogeneity(records, cfg, flags.select(OPENER_COLUMNS))
+        columns = flags.drop("id", *OPENER_COLUMNS).with_columns(common)
         total = records.height
         summary: dict[str, Any] = {
             "records": total,

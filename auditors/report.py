@@ -94,8 +94,8 @@ def _plots(card: dict[str, Any]) -> dict[str, str]:
         plots["duplicates"] = _png(fig)
 
     quality = card["audits"].get("quality", {})
-    flag_rates = {k.removesuffix("_rate"): v for k, v in quality.get("rates", {}).items()} if isinstance(
-        quality.get("rates"), dict) else {}
+    flags = quality.get("flags") if isinstance(quality.get("flags"), dict) else {}
+    flag_rates = {name: f["rate"] for name, f in flags.items() if isinstance(f, dict) and "rate" in f}
     if flag_rates:
         fig, ax = plt.subplots(figsize=(4.5, 2.8))
         ax.barh(list(flag_rates), [100 * v for v in flag_rates.values()], color="#55a868")

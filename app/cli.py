@@ -267,7 +267,7 @@ def _coerce(value: str, type_name: str, option: str) -> Any:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def generate(ctx: typer.Context,
-             kind: Annotated[str, typer.Argument(help="templates, self-instruct, evol-instruct or code-edits")],
+             kind: Annotated[str, typer.Argument(help="templates, self-instruct, evol-instruct, code-edits or chain-of-task")],
              name: Annotated[str, typer.Option("--name", "-n", help="dataset for the new version")],
              run_id: Annotated[Optional[str], typer.Option("--run-id", help="resume or name the LLM run")] = None,
              base_url: Annotated[Optional[str], typer.Option("--base-url", envvar="ASSAY_LLM_BASE_URL",

@@ -184,12 +184,13 @@ def commit_records(store: Store, name: str, records: list[Record], *, generator:
 # ---- the entry point ---------------------------------------------------------------------------
 
 def generators() -> dict[str, type[Generator]]:
+    from assay.pipelines.chain_of_task import ChainOfTask
     from assay.pipelines.code_edits import CodeEdits
     from assay.pipelines.evol_instruct import EvolInstruct
     from assay.pipelines.self_instruct import SelfInstruct
     from assay.pipelines.templates import FlanTemplates
 
-    return {g.name: g for g in (FlanTemplates, SelfInstruct, EvolInstruct, CodeEdits)}
+    return {g.name: g for g in (FlanTemplates, SelfInstruct, EvolInstruct, CodeEdits, ChainOfTask)}
 
 
 def generator_options(kind: str) -> list[dict[str, Any]]:
@@ -208,7 +209,7 @@ def generator_options(kind: str) -> list[dict[str, Any]]:
 def generate(store: Store, kind: str, name: str, config_dict: dict[str, Any] | None = None,
              llm_config: LLMConfig | dict[str, Any] | None = None, run_id: str | None = None,
              parents: list[str] | None = None) -> dict[str, Any]:
-    """Run generator `kind` ('templates', 'self-instruct', 'evol-instruct', 'code-edits') with options `config_dict`; commit a new
+    """Run generator `kind` ('templates', 'self-instruct', 'evol-instruct', 'code-edits', 'chain-of-task') with options `config_dict`; commit a new
     version of `name`; return the report as a dict (version, ref, records, requested, failed, run_id,
     filtered, failures, details)."""
     known = generators()

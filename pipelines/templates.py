@@ -121,10 +121,10 @@ def _read_source(store: Store, config: TemplatesConfig) -> tuple[str, list[_Row]
     """(label, rows, parent version ids, meta) for a version ref or a file."""
     src = config.source
     if not src:
-        raise AssayError("templates: no source given (a version or a file)")
+        raise AssayError("templates: no source given (a version, a file or hf:OWNER/NAME)")
     rows: list[_Row] = []
     meta_path = config.meta
-    if os.path.exists(src) or "://" in src:
+    if os.path.exists(src) or "://" in src or src.startswith("hf:"):  # a file, a URL or a Hub dataset id
         label, parents = src, []
         source = open_source(src, None, None)
         for pos, raw in source.rows:

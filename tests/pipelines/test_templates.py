@@ -167,3 +167,12 @@ def test_every_generator_option_carries_help():
         options = generator_options(kind)
         assert options and all(o["help"] for o in options), kind
     assert {o["name"] for o in generator_options("self-instruct")} >= {"seeds", "n", "rouge_threshold", "blacklist"}
+
+
+def test_hub_dataset_source_goes_through_datasets(store, monkeypatch):
+    """`source=hf:ID` is read by the importer's Hub reader: offline, a clear error and nothing committed."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(AssayError, match=r"hf:assay-test/nope: cannot load from the Hugging Face Hub"):
+        generate(store, "templates", "x", {"source": "hf:assay-test/nope", "tasks": ["qa"]})
+    assert store.versions() == []

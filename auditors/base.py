@@ -47,7 +47,7 @@ class RecordCache:
 
     def __init__(self, store: Store, namespace: str):
         self.store = store
-        self.dir = store._path("cache", namespace)
+        self.dir = store.path("cache", namespace)
         store.fs.makedirs(self.dir, exist_ok=True)
         self.hits = 0
         self.misses = 0
@@ -69,7 +69,7 @@ class RecordCache:
 
             buf = io.BytesIO()
             frame.write_parquet(buf, compression="zstd")
-            self.store._write_atomic(f"{self.dir}/{uuid.uuid4().hex}.parquet", buf.getvalue())
+            self.store.write_atomic(f"{self.dir}/{uuid.uuid4().hex}.parquet", buf.getvalue())
 
     def get_or_compute(self, records: pl.DataFrame, compute: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
         """Results for every row of `records` (same order), computing only ids not yet cached.

@@ -72,7 +72,7 @@ def _ensure_schema(store: Store) -> None:
 def _write_frame(store: Store, path: str, frame: pl.DataFrame) -> None:
     buf = io.BytesIO()
     frame.write_parquet(buf, compression="zstd")
-    store._write_atomic(path, buf.getvalue())
+    store.write_atomic(path, buf.getvalue())
 
 
 def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress: bool | None = None) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress:
     records = with_text(store.read(manifest))
     ctx = AuditContext(store, manifest.id)
     out: dict[str, Any] = {}
-    store.fs.makedirs(store._path("audits", manifest.id), exist_ok=True)
+    store.fs.makedirs(store.path("audits", manifest.id), exist_ok=True)
     with progress(f"auditing {manifest.ref}", total=len(auditors), enabled=show_progress) as bar:
         for auditor in auditors:
             result = auditor.run(records, ctx)
@@ -103,7 +103,7 @@ def _check_result(auditor: Auditor, result: AuditResult, rows: int) -> None:
 
 def _save(store: Store, manifest: Manifest, auditor: Auditor, result: AuditResult) -> dict[str, Any]:
     key = auditor.config_hash()
-    base = store._path("audits", manifest.id, f"{auditor.name}-{key}")
+    base = store.path("audits", manifest.id, f"{auditor.name}-{key}")
     _write_frame(store, base + ".parquet", result.columns)
     details = {}
     for name, frame in result.details.items():
@@ -139,14 +139,14 @@ def audit_columns(store: Store, ref: str | Manifest) -> pl.DataFrame | None:
     audits = latest_audits(store, manifest)
     if not audits:
         return None
-    frames = [pl.read_parquet(store._open(a["columns_path"])) for a in audits]
+    frames = [pl.read_parquet(store.open_for_read(a["columns_path"])) for a in audits]
     return pl.concat(frames, how="horizontal").with_row_index("_pos")
 
 
 def audit_detail(store: Store, ref: str | Manifest, auditor: str, detail: str) -> pl.DataFrame | None:
     for a in latest_audits(store, ref):
         if a["auditor"] == auditor and detail in a["details"]:
-            return pl.read_parquet(store._open(a["details"][detail]))
+            return pl.read_parquet(store.open_for_read(a["details"][detail]))
     return None
 
 

@@ -150,23 +150,24 @@ class Store:
                                  "set ASSAY_CATALOG to a local file path")
             catalog_path = os.path.join(self.root, "catalog.sqlite")
         for sub in ("objects/segments", "objects/selections", "manifests"):
-            self.fs.makedirs(self._path(sub), exist_ok=True)
+            self.fs.makedirs(self.path(sub), exist_ok=True)
         self.catalog = Catalog(catalog_path)
 
-    # ---- paths and atomic object writes -------------------------------------------------------
-    def _path(self, *parts: str) -> str:
+    # ---- paths and atomic writes (also used by the auditors' cache and results) ----------------
+    def path(self, *parts: str) -> str:
+        """A path inside the workspace (modules keep their files under their own folder)."""
         return "/".join([self.root.rstrip("/"), *parts])
 
     def segment_path(self, digest: str) -> str:
-        return self._path("objects", "segments", f"{digest}.parquet")
+        return self.path("objects", "segments", f"{digest}.parquet")
 
     def selection_path(self, digest: str) -> str:
-        return self._path("objects", "selections", f"{digest}.bits")
+        return self.path("objects", "selections", f"{digest}.bits")
 
     def manifest_path(self, version_id: str) -> str:
-        return self._path("manifests", f"{version_id}.json")
+        return self.path("manifests", f"{version_id}.json")
 
-    def _write_atomic(self, path: str, data: bytes) -> None:
+    def write_atomic(self, path: str, data: bytes) -> None:
         if self.local:
             # write a temp file beside the target, flush it to disk, then rename over: readers see
             # the old name absent or the whole new file, never a prefix of it
@@ -189,7 +190,7 @@ class Store:
         digest = _hash_bytes(data)
         path = path_of(digest)
         if not self.fs.exists(path):  # content-addressed: an existing object is the same bytes
-            self._write_atomic(path, data)
+            self.write_atomic(path, data)
         return digest
 
     def put_segment(self, table: pa.Table) -> Part:
@@ -209,7 +210,8 @@ class Store:
         return Part(segment=part.segment, rows=part.rows, selection=digest, kept=kept)
 
     # ---- reading objects ----------------------------------------------------------------------
-    def _open(self, path: str):
+    def open_for_read(self, path: str):
+        """What Polars/pyarrow read from: the plain path on a local disk (memory-mapped), else a file object."""
         return path if self.local else self.fs.open(path, "rb")
 
     def part_mask(self, part: Part) -> np.ndarray | None:
@@ -219,7 +221,7 @@ class Store:
             return unpack_bits(fh.read(), part.rows)
 
     def read_part(self, part: Part, columns: list[str] | None = None) -> pl.DataFrame:
-        df = pl.read_parquet(self._open(self.segment_path(part.segment)), columns=columns)
+        df = pl.read_parquet(self.open_for_read(self.segment_path(part.segment)), columns=columns)
         mask = self.part_mask(part)
         return df if mask is None else df.filter(pl.Series(mask))
 
@@ -242,7 +244,7 @@ class Store:
                 records=sum(p.kept for p in parts), content_hash=content_hash, parts=parts)
             manifest.id = manifest.body_hash()
             path = self.manifest_path(manifest.id)
-            self._write_atomic(path, manifest.model_dump_json(indent=1).encode("utf-8"))
+            self.write_atomic(path, manifest.model_dump_json(indent=1).encode("utf-8"))
             conn.execute(
                 "INSERT INTO versions (id, dataset, number, created_at, operation, records, content_hash,"
                 " parents, manifest_path) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -323,7 +325,7 @@ class Store:
                 continue
             mask = self.part_mask(part)
             rows = np.arange(lo, hi) if mask is None else np.flatnonzero(mask)[lo:hi]
-            pf = pq.ParquetFile(self._open(self.segment_path(part.segment)))
+            pf = pq.ParquetFile(self.open_for_read(self.segment_path(part.segment)))
             # map segment rows to row groups, read just those groups, then take the rows from them
             sizes = np.array([pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
             bounds = np.concatenate([[0], np.cumsum(sizes)])
@@ -365,7 +367,7 @@ class Store:
 
     def _filter_part(self, part: Part, offset: int, predicate: pl.Expr, where: str,
                      extra: pl.DataFrame | None) -> Part:
-        df = pl.read_parquet(self._open(self.segment_path(part.segment))).with_row_index("_row")
+        df = pl.read_parquet(self.open_for_read(self.segment_path(part.segment))).with_row_index("_row")
         mask = self.part_mask(part)
         if mask is not None:
             df = df.filter(pl.Series(mask))
@@ -446,14 +448,14 @@ class Store:
                 self._verify_version(row, problems, check_object)
                 bar.advance()
         catalogued = {Path(r["manifest_path"]).name for r in rows}
-        for path in self.fs.ls(self._path("manifests"), detail=False):
+        for path in self.fs.ls(self.path("manifests"), detail=False):
             name = path.rsplit("/", 1)[-1]
             if ".tmp-" in name:
                 notes.append(f"leftover temporary file {name} (a killed write; safe to delete)")
             elif name not in catalogued:
                 notes.append(f"manifest {name} is not in the catalog (a killed commit; invisible)")
         for sub in ("segments", "selections"):
-            for path in self.fs.ls(self._path("objects", sub), detail=False):
+            for path in self.fs.ls(self.path("objects", sub), detail=False):
                 if ".tmp-" in path.rsplit("/", 1)[-1]:
                     notes.append(f"leftover temporary file objects/{sub}/{path.rsplit('/', 1)[-1]}")
         return {"ok": not problems, "versions": len(rows), "problems": problems, "notes": notes}
@@ -479,7 +481,7 @@ class Store:
             if err:
                 problems.append(f"{label}: segment {part.segment}: {err}")
                 ok_parts = False
-            elif (n := pq.ParquetFile(self._open(seg)).metadata.num_rows) != part.rows:
+            elif (n := pq.ParquetFile(self.open_for_read(seg)).metadata.num_rows) != part.rows:
                 problems.append(f"{label}: segment {part.segment} has {n} rows, manifest says {part.rows}")
                 ok_parts = False
             if part.selection:

@@ -179,7 +179,7 @@ def test_child_version_reuses_every_signature(store, shared_data, tmp_path):
     version = import_source(store, str(write_jsonl(tmp_path / "c.jsonl", codealpaca(shared_data, 2000))), "c")
     first = run_audit(store, version.id, [MinHashDuplicates()])["auditors"]["minhash"]
     assert first["signatures_computed"] == 2000 and first["signatures_reused"] == 0
-    cache_dir = store._path("cache", "minhash")
+    cache_dir = store.path("cache", "minhash")
     chunks = sorted(store.fs.find(cache_dir))
     child = filter_version(store, version.id, "source_row % 10 <> 0", "c")
     assert child.records == 1800

@@ -68,7 +68,7 @@ def table(tag, lo, hi):
 emit("READY")
 sys.stdin.readline()  # the parent starts the next child while this one waits: go
 store = Store(ws)
-real_write = store._write_atomic
+real_write = store.write_atomic
 
 def traced_write(path, data):
     manifest = "/manifests/" in path
@@ -79,7 +79,7 @@ def traced_write(path, data):
         # still inside the catalog's write transaction: widen the window before COMMIT
         time.sleep(widen)
 
-store._write_atomic = traced_write
+store.write_atomic = traced_write
 emit("GO")
 seq = 0
 while True:

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from .errors import AssayError
 from .journal import FINISHED, Journal, check_run_id
+from . import jobs
 from .progress import progress
 
 BASE_URL_ENV = "ASSAY_LLM_BASE_URL"
@@ -551,7 +552,11 @@ class LLMClient:
                     alive = [t for t in threads if t.is_alive()]
                     with lock:
                         now = done_count[0]
+                        failed_now = sum(1 for r in results.values() if not r.ok) if now > seen else 0
+                        ok_now = len(results) - failed_now
                     if now > seen:
+                        # live ok/failed counts for the app's job view (a no-op outside a job)
+                        jobs.report(ok=ok_now, failed=failed_now)
                         bar.advance(now - seen)
                         seen = now
         except BaseException:

@@ -1,7 +1,9 @@
-"""Progress bars for long work: shown on a terminal (stderr), silent in pipes, tests and --json."""
+"""Progress bars for long work: shown on a terminal (stderr), silent in pipes, tests and --json.
+Inside a background job (see core/jobs.py) every bar also reports to the job, so the app shows it."""
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -13,6 +15,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 class _Silent:
     def advance(self, n: int = 1) -> None:
         pass
+
+
+class _JobReporter:
+    """Counts a bar's progress and records it on the job this process runs for."""
+
+    def __init__(self, inner, description: str, total: int | None):
+        from . import jobs
+
+        self._inner, self._report, self._done = inner, jobs.report, 0
+        self._report(done=0, total=total, stage=description)
+
+    def advance(self, n: int = 1) -> None:
+        self._inner.advance(n)
+        self._done += n
+        self._report(done=self._done)
 
 
 class _Bar:
@@ -28,10 +45,12 @@ def progress(description: str, total: int | None = None, enabled: bool | None = 
     """`with progress("importing", total=n) as bar: bar.advance(k)`; total=None shows a running count."""
     if enabled is None:
         enabled = sys.stderr.isatty()
+    in_job = bool(os.environ.get("ASSAY_JOB_ID"))
     if not enabled:
-        yield _Silent()
+        yield _JobReporter(_Silent(), description, total) if in_job else _Silent()
         return
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        yield _Bar(bar, bar.add_task(description, total=total))
+        shown = _Bar(bar, bar.add_task(description, total=total))
+        yield _JobReporter(shown, description, total) if in_job else shown

@@ -143,6 +143,8 @@ class Store:
         self.local = isinstance(self.fs, LocalFileSystem)
         if self.local:
             self.root = str(Path(self.root).resolve())
+        # what a child process (a background job) passes to `assay -w` to reach the same workspace
+        self.url = self.root if self.local else root
         catalog_path = catalog_path or os.environ.get("ASSAY_CATALOG")
         if catalog_path is None:
             if not self.local:

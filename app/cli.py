@@ -346,7 +346,7 @@ def train(version: Annotated[str, typer.Argument(help="version to fine-tune on")
         return run_training(_store(), version, _train_config(preset, model, method, option), resume=resume,
                             show_progress=None if not as_json else False)
 
-    _run(as_json, work, lambda r: out.print(json.dumps({k: r[k] for k in r if k in ("run_id", "version", "metrics")},
+    _run(as_json, work, lambda r: out.print(json.dumps({k: r[k] for k in r if k in ("run_id", "version", "metrics", "warnings")},
                                                        indent=1, default=str)))
 
 
@@ -354,15 +354,19 @@ def train(version: Annotated[str, typer.Argument(help="version to fine-tune on")
 def compare(a: Annotated[str, typer.Argument(help="version A (the baseline)")],
             b: Annotated[str, typer.Argument(help="version B")],
             preset: TrainPreset = "cpu-smoke", model: TrainModel = None, method: TrainMethod = None,
-            option: TrainOptions = None, as_json: JsonFlag = False) -> None:
-    """Train on A and on B with the same config, seed and evaluation sets; print both runs and the delta."""
+            option: TrainOptions = None,
+            out_path: Annotated[Optional[str], typer.Option("--out", help="HTML report to write (its JSON goes beside it); default: runs/compare/<id>/report.html in the workspace")] = None,
+            as_json: JsonFlag = False) -> None:
+    """Train on A and on B with the same config, seed and evaluation sets; print both runs and the delta,
+    and write an HTML report (curves, metric deltas, data diff, audits)."""
     from assay.trainer.compare import compare as run_compare
 
     def work():
         return run_compare(_store(), a, b, _train_config(preset, model, method, option),
-                           show_progress=None if not as_json else False)
+                           show_progress=None if not as_json else False, out=out_path)
 
-    _run(as_json, work, lambda r: out.print(json.dumps({"data": r["data"], "delta": r["delta"]}, indent=1, default=str)))
+    _run(as_json, work, lambda r: out.print(json.dumps({"data": r["data"], "delta": r["delta"], "report": r["report"]},
+                                                       indent=1, default=str)))
 
 
 @app.command()
@@ -411,6 +415,20 @@ def demo(as_json: JsonFlag = False) -> None:
             out.print(line)
 
     _run(as_json, lambda: run_demo(_store()), render)
+
+
+from assay.app.cli_annotate import annotate_app  # noqa: E402  (it imports _run from here lazily)
+app.add_typer(annotate_app, name="annotate")
+@app.command("app")
+def app_(port: Annotated[int, typer.Option(help="port to serve on")] = 8501,
+         host: Annotated[str, typer.Option(help="address to listen on (keep it on loopback unless you mean it)")] = "127.0.0.1",
+         max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", help="largest file the app accepts for import")] = 200) -> None:
+    """Start the browser app (Streamlit) on this workspace until Ctrl-C."""
+    from assay.app.serve import serve
+
+    workspace = _state.get("workspace") or default_workspace()
+    out.print(f"Assay app on http://{host}:{port}  (workspace {workspace}; Ctrl-C stops it)")
+    serve(workspace, port, host, max_upload_mb)
 
 
 llm_app = typer.Typer(help="The LLM layer: the embedded llama.cpp server.", no_args_is_help=True)

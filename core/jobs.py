@@ -148,8 +148,10 @@ def _settle(catalog: Catalog, row) -> None:
                       row["id"]))
 
 
-def start(store, argv: list[str], *, kind: str, title: str | None = None) -> str:
-    """Launch `assay <argv> --json` on this workspace as a background job; return the job id."""
+def start(store, argv: list[str], *, kind: str, title: str | None = None, env: dict[str, str] | None = None) -> str:
+    """Launch `assay <argv> --json` on this workspace as a background job; return the job id. `env` is
+    added to the job's environment and never recorded (the place for an API key: not in argv, which
+    the catalog keeps and the app shows)."""
     if not argv or not all(isinstance(a, str) for a in argv):
         raise AssayError("a job needs an assay command as a list of strings")
     catalog = _catalog(store)
@@ -160,7 +162,7 @@ def start(store, argv: list[str], *, kind: str, title: str | None = None) -> str
     with catalog.write() as conn:
         conn.execute("INSERT INTO jobs (id, kind, title, argv, status, created_at, log_path) VALUES (?,?,?,?,?,?,?)",
                      (job_id, kind, title or " ".join(argv), json.dumps(argv), "queued", _now(), str(log_path)))
-    env = {**os.environ, ENV_JOB: job_id, ENV_CATALOG: str(catalog.path), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(env or {}), ENV_JOB: job_id, ENV_CATALOG: str(catalog.path), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "assay.core.jobs", store.url, job_id],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,

@@ -318,31 +318,37 @@ class Store:
         if page < 0 or size <= 0:
             raise AssayError("page must be >= 0 and size > 0")
         start, stop = page * size, min((page + 1) * size, manifest.records)
-        out: list[pa.Table] = []
+        return self.rows_at(manifest, np.arange(start, max(start, stop))).drop("_pos")
+
+    def rows_at(self, manifest: Manifest, positions: np.ndarray | list[int]) -> pl.DataFrame:
+        """The version's rows at `positions` (any order, kept), with `_pos`; reads only their row groups."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= manifest.records):
+            raise AssayError(f"row position out of range for {manifest.ref} ({manifest.records} records)")
+        pieces: list[pl.DataFrame] = []
         offset = 0
         for part in manifest.parts:
-            lo, hi = max(start - offset, 0), min(stop - offset, part.kept)
+            wanted = positions[(positions >= offset) & (positions < offset + part.kept)]
+            if wanted.size:
+                mask = self.part_mask(part)
+                seg_rows = wanted - offset if mask is None else np.flatnonzero(mask)[wanted - offset]
+                pf = pq.ParquetFile(self.open_for_read(self.segment_path(part.segment)))
+                # map segment rows to row groups, read just those groups, then take the rows from them
+                sizes = np.array([pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+                bounds = np.concatenate([[0], np.cumsum(sizes)])
+                group_of = np.searchsorted(bounds, seg_rows, side="right") - 1
+                groups = np.unique(group_of)
+                table = pl.from_arrow(pf.read_row_groups(groups.tolist()))
+                start_in_table = np.concatenate([[0], np.cumsum(sizes[groups])])[:-1]
+                local = seg_rows - bounds[group_of] + start_in_table[np.searchsorted(groups, group_of)]
+                # take through polars: pyarrow's take would import pandas on first use (~0.3 s a process)
+                pieces.append(table[local.tolist()].with_columns(_pos=pl.Series(wanted, dtype=pl.Int64)))
             offset += part.kept
-            if lo >= hi:
-                continue
-            mask = self.part_mask(part)
-            rows = np.arange(lo, hi) if mask is None else np.flatnonzero(mask)[lo:hi]
-            pf = pq.ParquetFile(self.open_for_read(self.segment_path(part.segment)))
-            # map segment rows to row groups, read just those groups, then take the rows from them
-            sizes = np.array([pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
-            bounds = np.concatenate([[0], np.cumsum(sizes)])
-            group_of_row = np.searchsorted(bounds, rows, side="right") - 1
-            groups = np.unique(group_of_row)
-            table = pf.read_row_groups(groups.tolist())
-            group_start_in_table = np.concatenate([[0], np.cumsum(sizes[groups])])[:-1]
-            local = rows - bounds[group_of_row] + group_start_in_table[np.searchsorted(groups, group_of_row)]
-            # take through polars: pyarrow's take would import pandas on first use (~0.3 s a process)
-            out.append(pl.from_arrow(table)[local.tolist()].to_arrow())
-            if offset >= stop:
-                break
-        if not out:
-            return pl.from_arrow(RECORD_SCHEMA.empty_table())
-        return pl.from_arrow(pa.concat_tables(out))
+        if not pieces:
+            return pl.from_arrow(RECORD_SCHEMA.empty_table()).with_columns(_pos=pl.Series([], dtype=pl.Int64))
+        found = pl.concat(pieces)
+        order = pl.DataFrame({"_pos": positions}).with_row_index("_order")
+        return order.join(found.unique("_pos", maintain_order=True), on="_pos", how="left").sort("_order").drop("_order")
 
     # ---- operations over versions -------------------------------------------------------------
     def filter(self, ref: str, where: str, name: str | None = None, *,

@@ -470,11 +470,13 @@ def _json_escape(expr: pl.Expr) -> pl.Expr:
 
 
 def import_source(store: Store, path: str, name: str, config: ImportConfig | None = None, *,
-                  show_progress: bool | None = None) -> Manifest:
-    """Import `path` as a new version of dataset `name` and return its manifest."""
+                  show_progress: bool | None = None, source_label: str | None = None) -> Manifest:
+    """Import `path` as a new version of dataset `name` and return its manifest. `source_label` names
+    the source in provenance instead of the path (the app's uploads live in a temp file that is gone
+    after the import, so it records 'upload:<file name>')."""
     config = config or ImportConfig()
     source = open_source(path, config.format, config.split)
-    provenance_source = source.label if "://" in source.label or source.label.startswith("hf:") \
+    provenance_source = source_label if source_label else source.label if "://" in source.label or source.label.startswith("hf:") \
         else str(Path(source.label.split("[")[0]).resolve()) + source.label[len(source.label.split("[")[0]):]
     sample: list[tuple[int, Any]] = []
     for item in source.rows:

@@ -23,6 +23,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 
+# Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium; no browser download).
+if [ -z "${ASSAY_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "warning: chromium is not installed (apt-get install chromium); the browser tests will fail" >&2
+  fi
+fi
+
 # A stamp of the dependency spec: skip pip when nothing changed since the last install.
 stamp=".venv/.assay-installed"
 want="$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"

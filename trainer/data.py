@@ -12,9 +12,10 @@ prompt, and the closing "<|im_end|>" as response, so the model learns to stop).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
-import polars as pl
+if TYPE_CHECKING:  # polars stays out of the import: the GPU bench runs where it is not installed
+    import polars as pl
 
 IGNORE = -100
 
@@ -84,9 +85,16 @@ class Encoded:
         return sum(sum(1 for x in e["labels"] if x != IGNORE) for e in self.examples)
 
 
-def encode_frame(tokenizer, frame: pl.DataFrame, max_len: int) -> Encoded:
-    examples, skipped, truncated = [], 0, 0
-    for row in frame.select("instruction", "input", "output", "messages").iter_rows(named=True):
+def encode_frame(tokenizer, frame: "pl.DataFrame", max_len: int) -> Encoded:
+    return encode_rows(tokenizer, frame.select("instruction", "input", "output", "messages").iter_rows(named=True),
+                       max_len)
+
+
+def encode_rows(tokenizer, rows: Iterable[dict[str, Any]], max_len: int) -> Encoded:
+    """Records (dicts with instruction/input/output or messages) -> training examples, counted."""
+    examples, records, skipped, truncated = [], 0, 0, 0
+    for row in rows:
+        records += 1
         ex = encode_chat(tokenizer, to_messages(row), max_len + 1)
         if ex is None:
             skipped += 1
@@ -98,7 +106,7 @@ def encode_frame(tokenizer, frame: pl.DataFrame, max_len: int) -> Encoded:
                 skipped += 1
                 continue
         examples.append(ex)
-    return Encoded(examples, frame.height, skipped, truncated)
+    return Encoded(examples, records, skipped, truncated)
 
 
 class PaddedCollator:
@@ -126,15 +134,32 @@ class FlatCollator:
     """Padding-free batching: the batch's examples laid end to end in one row, position ids
     restarting at 0 for each, so attention (transformers builds a block-diagonal causal mask from
     the position ids) never crosses examples and no pad token is computed. The first label of each
-    example is -100: it would otherwise be scored as predicted from the previous example."""
+    example is -100: it would otherwise be scored as predicted from the previous example.
+
+    `multiple_of` > 1 rounds the row up with a filler segment (pad ids, no labels, its own
+    positions): on a GPU each new row length makes the attention kernels plan anew, so a few
+    hundred distinct lengths cost more than the few filler tokens (< multiple_of per row)."""
+
+    def __init__(self, multiple_of: int = 1, pad_id: int = 0, *, varlen: bool = False):
+        self.multiple_of, self.pad_id, self.varlen = multiple_of, pad_id, varlen
 
     def __call__(self, batch: list[dict[str, list[int]]]):
         import torch
 
-        ids, labels, pos = [], [], []
+        ids, labels, pos, lengths = [], [], [], []
         for e in batch:
             ids.extend(e["input_ids"])
             labels.extend([IGNORE] + e["labels"][1:])
             pos.extend(range(len(e["input_ids"])))
-        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                "position_ids": torch.tensor([pos])}
+            lengths.append(len(e["input_ids"]))
+        fill = -len(ids) % self.multiple_of
+        if fill:
+            ids.extend([self.pad_id] * fill)
+            labels.extend([IGNORE] * fill)
+            pos.extend(range(fill))
+            lengths.append(fill)
+        out = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([pos])}
+        if self.varlen:  # the records' bounds, for varlen attention (trainer/attention.py)
+            cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            out.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
+        return out

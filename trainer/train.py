@@ -8,8 +8,12 @@
    assistant turns;
 4. train with transformers' Trainer (+ a peft LoRA adapter, or every weight for `method=full`),
    padding-free batches, seeds fixed, a checkpoint every `save_steps`;
-5. evaluate on the fixed sets (held-out reference loss, benchmark perplexity probe);
+5. evaluate on the fixed sets (held-out reference loss and ROUGE-L, benchmark perplexity probe,
+   forgetting probe, optional HumanEval pass@1);
 6. write `runs/train/<run_id>/run.json` and a row of the catalog's `train_runs` table.
+
+While it trains, each logged loss is appended to `runs/train/<run_id>/curve.jsonl` (`live_curve`)
+and, inside an app background job, reported with `assay.core.jobs.report`.
 
 A run that was killed is continued with `train(store, version, config, resume=run_id)`: it starts
 from the newest checkpoint in `runs/train/<run_id>/checkpoints/` (optimizer, scheduler, RNG and
@@ -33,7 +37,7 @@ from assay.core.store import Manifest, Store, code_version
 from .config import TrainConfig
 from .data import FlatCollator, PaddedCollator, encode_frame
 from .evaluate import evaluate, flat_metrics
-from .loss import scored_loss_sum
+from .loss import scored_tokens_trainer
 from .models import load_model, load_tokenizer
 
 TRAIN_RUNS_SCHEMA = """
@@ -54,6 +58,9 @@ CREATE TABLE IF NOT EXISTS train_runs (
 );
 CREATE INDEX IF NOT EXISTS train_runs_by_version ON train_runs (version)
 """
+
+
+COMPLETE = ".complete"  # marker of a checkpoint written to the end
 
 
 def _now() -> str:
@@ -101,16 +108,48 @@ def _check(store: Store, version_ref: str, config: TrainConfig) -> Manifest:
         from assay.auditors.benchmarks import load_benchmarks
 
         load_benchmarks(list(config.benchmarks))
+    if config.forgetting:
+        from assay.auditors.benchmarks import load_benchmark
+
+        try:
+            load_benchmark(config.forgetting)
+        except AssayError as exc:
+            raise AssayError(f"train: forgetting set: {exc}") from exc
+    if not config.use_cpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise AssayError(f"train: preset {config.preset!r} trains on a GPU (use_cpu=false), and torch "
+                             f"{torch.__version__} sees no CUDA GPU here: use --preset cpu-demo, or -o use_cpu=true")
+    elif config.bf16:
+        raise AssayError("train: bf16 is for GPU training; on the CPU use bf16=false")
+    _check_model(config)
+    # the tokenizer loads from the same place as the model: a model that cannot be found fails
+    # here, before the run is recorded, not after
+    load_tokenizer(config, store.root)
     return manifest
 
 
+def _check_model(config: TrainConfig) -> None:
+    spec = config.model
+    # a Hugging Face id looks like ORG/NAME (dots allowed: Qwen/Qwen2.5-0.5B): only what is
+    # written as a path is checked as one here; an id not in the local cache fails when loaded
+    if spec.startswith(("/", "./", "../", "~")):
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise AssayError(f"train: model path {spec} does not exist")
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise AssayError(f"train: model folder {spec} has no config.json (not a Hugging Face model folder)")
+
+
 def train(store: Store, version_ref: str, config: TrainConfig | None = None, *, resume: str | None = None,
-          show_progress: bool | None = None, callbacks: list | None = None) -> dict[str, Any]:
+          show_progress: bool | None = None, callbacks: list | None = None, side: str | None = None) -> dict[str, Any]:
     """Train on `version_ref` and return the run record (also in runs/train/<run_id>/run.json).
 
     `resume`: the id of a run that did not finish; its saved config is used and `config` must be
     None or equal to it. `callbacks`: extra transformers TrainerCallbacks (tests use one to stop a
-    run part-way)."""
+    run part-way). `side`: "a" or "b" when the run is one half of a comparison (reported to the
+    app's job with the progress)."""
     started = time.perf_counter()
     if resume:
         run = load_run(store, resume)
@@ -134,7 +173,7 @@ def train(store: Store, version_ref: str, config: TrainConfig | None = None, *, 
     _record(store, run)
     try:
         result = _fit(store, manifest, config, out, resume=bool(resume), show_progress=show_progress,
-                      callbacks=callbacks or [])
+                      callbacks=[_LiveProgress.make(out, run["run_id"], side), *(callbacks or [])])
     except BaseException as exc:
         run.update(status="failed", finished_at=_now(), error=f"{type(exc).__name__}: {exc}")
         _write_json(out / "run.json", run)
@@ -172,18 +211,35 @@ def _fit(store: Store, manifest: Manifest, config: TrainConfig, out: Path, *, re
     if not enc.examples:
         raise AssayError(f"train: no record of {manifest.ref} has a response within max_seq_len="
                          f"{config.max_seq_len} tokens")
+    warnings = []
+    if enc.truncated:
+        warnings.append(f"{enc.truncated} of {enc.records} records of {manifest.ref} are longer than max_seq_len="
+                        f"{config.max_seq_len} tokens and were cut (records_truncated)")
+    if enc.skipped:
+        warnings.append(f"{enc.skipped} of {enc.records} records of {manifest.ref} were skipped: no response "
+                        f"token within max_seq_len={config.max_seq_len} (records_skipped)")
+    for line in warnings:
+        print(f"warning: train: {line}", file=sys.stderr)
 
     interactive = sys.stderr.isatty() if show_progress is None else show_progress
+    # save_total_limit=2: the Trainer deletes old checkpoints before the new one is marked complete,
+    # so keeping one more leaves a complete checkpoint at every moment
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
         num_train_epochs=config.epochs, max_steps=config.max_steps or -1, lr_scheduler_type="linear",
         warmup_steps=float(config.warmup_ratio), weight_decay=config.weight_decay, logging_steps=config.logging_steps,
-        save_strategy="steps", save_steps=config.save_steps, save_total_limit=1, seed=config.seed,
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=2, seed=config.seed,
         data_seed=config.seed, bf16=config.bf16, use_cpu=config.use_cpu, report_to=[],
         disable_tqdm=not interactive, dataloader_num_workers=0, remove_unused_columns=False)
-    collator = FlatCollator() if config.padding_free else PaddedCollator(tokenizer.pad_token_id)
-    trainer = _trainer_class()(model=model, args=args, train_dataset=enc.examples, data_collator=collator,
+    varlen = config.padding_free and config.varlen_attention
+    if varlen:
+        from .attention import use_varlen
+
+        use_varlen(model)
+    collator = (FlatCollator(config.flat_multiple_of, tokenizer.pad_token_id, varlen=varlen) if config.padding_free
+                else PaddedCollator(tokenizer.pad_token_id))
+    trainer = scored_tokens_trainer()(model=model, args=args, train_dataset=enc.examples, data_collator=collator,
                       callbacks=callbacks)
     checkpoint = _last_checkpoint(out / "checkpoints") if resume else None
     t0 = time.perf_counter()
@@ -196,6 +252,7 @@ def _fit(store: Store, manifest: Manifest, config: TrainConfig, out: Path, *, re
     model.save_pretrained(weights)
     tokenizer.save_pretrained(weights)
 
+    _job_report(stage="evaluating", run_id=out.name)
     evals = evaluate(model, tokenizer, store, config)
     steps = trainer.state.global_step
     first_step = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
@@ -218,29 +275,83 @@ def _fit(store: Store, manifest: Manifest, config: TrainConfig, out: Path, *, re
         **flat_metrics(evals),
     }
     _write_json(out / "log_history.json", logs)
-    return {"metrics": metrics, "curve": curve, "eval": evals,
+    return {"metrics": metrics, "curve": curve, "eval": evals, "warnings": warnings,
             "weights_path": str(weights.relative_to(store.root)), "device": str(trainer.args.device),
             "torch": torch.__version__}
 
 
-def _trainer_class():
-    from transformers import Trainer
+def _job_report(**kwargs: Any) -> None:
+    """Progress for the app's background job running this process (a no-op outside a job)."""
+    try:
+        from assay.core import jobs
+    except ImportError:  # an install without the jobs API: nothing to report to
+        return
+    jobs.report(**{k: v for k, v in kwargs.items() if v is not None})
 
-    class ScoredTokensTrainer(Trainer):
-        """Trainer whose loss runs the output layer on the response tokens only (see loss.py)."""
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            total, count = scored_loss_sum(model, inputs)
-            # num_items_in_batch: scored tokens over all the accumulated batches of this step, so
-            # the step's loss is the mean over its tokens, however they fall into batches
-            loss = total / (num_items_in_batch if num_items_in_batch is not None else max(count, 1))
-            return (loss, None) if return_outputs else loss
+class _LiveProgress:
+    """A TrainerCallback (built lazily: transformers is imported only when a run starts) that
+    appends each logged loss to runs/train/<id>/curve.jsonl while training, so `live_curve` and
+    the app can plot a run that is still going, and reports the step to the app's job."""
 
-    return ScoredTokensTrainer
+    @staticmethod
+    def make(out: Path, run_id: str, side: str | None):
+        from transformers import TrainerCallback
+
+        class LiveProgress(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                _job_report(done=state.global_step, total=state.max_steps, stage=_stage(side), run_id=run_id,
+                            side=side)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                _job_report(done=state.global_step, total=state.max_steps, stage=_stage(side), run_id=run_id,
+                            step=state.global_step, side=side)
+
+            def on_save(self, args, state, control, **kwargs):
+                # the Trainer writes checkpoint-N file by file; this marker, renamed into place once
+                # it is done, is what makes the checkpoint count (a kill mid-save leaves none)
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    tmp = folder / f".complete.tmp-{uuid.uuid4().hex}"
+                    tmp.write_text(_now(), encoding="utf-8")
+                    os.replace(tmp, folder / COMPLETE)
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if not logs or "loss" not in logs:
+                    return
+                point = {"step": state.global_step, "loss": logs["loss"], "epoch": state.epoch,
+                         "lr": logs.get("learning_rate"), "time": _now()}
+                # one short line per append: a reader sees whole lines (a torn last line is skipped)
+                with open(out / "curve.jsonl", "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(point) + "\n")
+                _job_report(done=state.global_step, total=state.max_steps, stage=_stage(side), run_id=run_id,
+                            step=state.global_step, loss=logs["loss"], side=side)
+
+        return LiveProgress()
+
+
+def _stage(side: str | None) -> str:
+    return f"training {side.upper()}" if side else "training"
+
+
+def live_curve(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """The loss curve of a run so far, read from its curve.jsonl (also while it trains): one point
+    per step, sorted; a resumed run's re-done steps replace the killed attempt's."""
+    path = run_dir(store, load_run(store, run_id)["run_id"]) / "curve.jsonl"
+    points: dict[int, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                point = json.loads(line)
+            except json.JSONDecodeError:  # the line being written right now
+                continue
+            points[point["step"]] = point
+    return [points[k] for k in sorted(points)]
 
 
 def _last_checkpoint(folder: Path) -> str | None:
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    """The newest checkpoint that was written to the end (see LiveProgress.on_save)."""
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / COMPLETE).is_file()]
     return str(max(found, key=lambda p: int(p.name.split("-")[-1]))) if found else None
 
 

@@ -193,3 +193,12 @@ def test_unicode_empty_strings_and_1mb_fields_round_trip_exactly(store, tmp_path
             {"instruction": "", "input": "x", "output": ""}]
     got = store.read(import_source(store, str(write_jsonl(tmp_path / "u.jsonl", rows)), "u")).to_dicts()
     assert [(r["instruction"], r["input"], r["output"]) for r in got] == [(r["instruction"], r["input"], r["output"]) for r in rows]
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_source_label_replaces_the_path_in_provenance(store, tmp_path, fast_path):
+    # the app imports uploads from a temp file that is deleted afterwards: provenance names the upload
+    path = write_jsonl(tmp_path / "fruit.jsonl", [{"instruction": "Name a fruit", "output": "apple", "x": 1}])
+    m = import_source(store, str(path), "fruit", ImportConfig(fast_path=fast_path), source_label="upload:fruit.jsonl")
+    assert store.read(m)["source"].to_list() == ["upload:fruit.jsonl"]
+    assert m.params["source"] == "upload:fruit.jsonl"

@@ -40,7 +40,7 @@ import polars as pl
 from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult
-from .embeddings import DEFAULT_MODEL, embed_records
+from .embeddings import DEFAULT_MODEL, embed_for, embedding_summary
 
 COLUMNS = ("text", "prompt", "response")
 MAP_METHODS = ("pca", "umap")
@@ -228,10 +228,8 @@ class Diversity(Auditor):
 
     def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
         cfg: DiversityConfig = self.config
-        cfg.validate()
         t0 = time.perf_counter()
-        stats: dict[str, Any] = {}
-        vectors = embed_records(ctx, records, cfg.column, cfg.model, batch_size=cfg.batch_size, stats=stats)
+        vectors, stats = embed_for(ctx, records, cfg)
         n = records.height
 
         k = auto_clusters(n) if cfg.clusters == "auto" else int(str(cfg.clusters))
@@ -284,16 +282,7 @@ class Diversity(Auditor):
             "model": cfg.model,
             "column": cfg.column,
             "map_method": cfg.map_method,
-            "embedding": {
-                "records": n,
-                "unique_records": stats.get("unique_records", n),
-                "computed": stats.get("computed", 0),
-                "cache_hits": stats.get("reused", 0),
-                "seconds": round(stats.get("seconds", 0.0), 3),
-                "model_load_seconds": round(stats.get("load_seconds", 0.0), 3),
-                "encode_seconds": round(stats.get("encode_seconds", 0.0), 3),
-                "records_per_s": None if stats.get("records_per_s") is None else round(stats["records_per_s"], 1),
-            },
+            "embedding": embedding_summary(stats, n),
             "seconds": round(time.perf_counter() - t0, 3),
         }
         return AuditResult(columns=columns, summary=summary, details=details)

@@ -37,7 +37,7 @@ import polars as pl
 from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult
-from .embeddings import DEFAULT_MODEL, embed_records
+from .embeddings import DEFAULT_MODEL, embed_for, embedding_summary
 
 BLOCK_BYTES = 128 * 2**20  # similarities held at once (float32), whatever the version size
 EDGE_BATCH = 2_000_000  # pairs >= threshold merged per union-find step
@@ -143,10 +143,8 @@ class SemanticDuplicates(Auditor):
 
     def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
         cfg: EmbedConfig = self.config
-        cfg.validate()
         t0 = time.perf_counter()
-        stats: dict[str, Any] = {}
-        vectors = embed_records(ctx, records, cfg.column, cfg.model, batch_size=cfg.batch_size, stats=stats)
+        vectors, stats = embed_for(ctx, records, cfg)
         t1 = time.perf_counter()
         found = nearest_and_clusters(vectors, float(cfg.threshold))
         search_seconds = time.perf_counter() - t1
@@ -203,16 +201,7 @@ class SemanticDuplicates(Auditor):
             "column": cfg.column,
             # nearest-earlier-neighbour cosine over the version: where a threshold would cut
             "neighbor_similarity": quantiles,
-            "embedding": {
-                "records": n,
-                "unique_records": stats.get("unique_records", n),
-                "computed": stats.get("computed", 0),
-                "cache_hits": stats.get("reused", 0),
-                "seconds": round(stats.get("seconds", 0.0), 3),
-                "model_load_seconds": round(stats.get("load_seconds", 0.0), 3),
-                "encode_seconds": round(stats.get("encode_seconds", 0.0), 3),
-                "records_per_s": None if stats.get("records_per_s") is None else round(stats["records_per_s"], 1),
-            },
+            "embedding": embedding_summary(stats, n),
             "search_seconds": round(search_seconds, 3),
             "seconds": round(seconds, 3),
             "records_per_s": round(n / seconds, 1) if seconds > 0 else None,

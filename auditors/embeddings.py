@@ -15,6 +15,7 @@ import os
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -195,3 +196,27 @@ def embed_records(ctx, records: pl.DataFrame, column: str = "text", model: str |
     if stats is not None:
         stats["seconds"] = time.perf_counter() - t_start
     return out
+
+
+def embed_for(ctx, records: pl.DataFrame, cfg) -> tuple[np.ndarray, dict[str, Any]]:
+    """What the embedding auditors (embed, diversity) start with: their config (`column`, `model`,
+    `batch_size`, `validate()`) checked, and `records[cfg.column]` embedded through the cache, with
+    the call's figures (see `embed_records`)."""
+    cfg.validate()
+    stats: dict[str, Any] = {}
+    vectors = embed_records(ctx, records, cfg.column, cfg.model, batch_size=cfg.batch_size, stats=stats)
+    return vectors, stats
+
+
+def embedding_summary(stats: dict[str, Any], rows: int) -> dict[str, Any]:
+    """The `embedding` block of an embedding auditor's summary: the cache's work, from `stats`."""
+    return {
+        "records": rows,
+        "unique_records": stats.get("unique_records", rows),
+        "computed": stats.get("computed", 0),
+        "cache_hits": stats.get("reused", 0),
+        "seconds": round(stats.get("seconds", 0.0), 3),
+        "model_load_seconds": round(stats.get("load_seconds", 0.0), 3),
+        "encode_seconds": round(stats.get("encode_seconds", 0.0), 3),
+        "records_per_s": None if stats.get("records_per_s") is None else round(stats["records_per_s"], 1),
+    }

@@ -31,17 +31,26 @@ Pipeline (vectorised numpy over the whole batch; no Python loop per record):
    Signatures are per-record content work: they go through the record cache, keyed by record id
    and by the settings that change them (column, shingles, ngram, num_perm, seed, normalisation),
    so a child version or a re-audit at another threshold recomputes none for known records.
-4. LSH: bands x rows of the signature (explicit `bands`/`rows`, or, from `threshold` alone, the
-   pair minimising the weighted integral of false-positive and false-negative probability, as
-   datasketch's `_optimal_param` does; computed exactly here by Gauss-Legendre quadrature, since
-   1-(1-s^r)^b is a polynomial of degree b*r <= num_perm). Each band slice is hashed to 64 bits;
-   records sharing a band hash are candidates. Records with identical signatures are grouped
-   first (exact copies), so a large group of copies costs one pair per copy, not all pairs.
-5. Verification and clustering: a candidate pair is kept only if its signatures' estimated
-   Jaccard (share of equal minima) is >= `threshold`; kept pairs are merged by union-find
-   (vectorised min-label propagation), and the cluster label is the smallest version position in
-   it. Clusters are transitive: a member's Jaccard to its representative (`minhash_jaccard`) can be
-   below the threshold when it joined through another member.
+4. LSH: bands x rows of the signature (explicit `bands`/`rows`, or, from `candidate_threshold`
+   (default `threshold` - 0.1) alone, the pair minimising the weighted integral of false-positive
+   and false-negative probability, as datasketch's `_optimal_param` does; computed exactly here by
+   Gauss-Legendre quadrature, since 1-(1-s^r)^b is a polynomial of degree b*r <= num_perm). Each
+   band slice is hashed to 64 bits; records sharing a band hash are candidates. Records with
+   identical signatures are grouped first (exact copies), so a large group of copies costs one pair
+   per copy, not all pairs. Why tune the banding below the threshold: banding tuned for 0.8 itself
+   (14 x 9) makes a pair of true Jaccard 0.8 a candidate only 87% of the time, and a pair LSH misses
+   is never seen again; tuned for 0.7 (20 x 6) it is 99.8%. The extra candidates are verified.
+5. Verification and clustering: with `verify="exact"` (default) a candidate pair whose estimated
+   Jaccard is within `VERIFY_MARGIN` (0.2) of the threshold is decided by the true Jaccard of the
+   two records' shingle sets (shingled again for just those records and intersected by a join), so
+   the estimate's noise (sd ~0.035 at 0.8 with 128 values) no longer decides pairs near the
+   threshold; pairs further away are decided by the estimate. With `verify="estimate"` every pair
+   is decided by the estimate, as datasketch's MinHash.jaccard does. Kept pairs are merged by
+   union-find (vectorised min-label propagation), and the cluster label is the smallest version
+   position in it. Clusters are transitive: a member's Jaccard to its representative
+   (`minhash_jaccard`, estimated) can be below the threshold when it joined through another member.
+   Everything here is a function of the version's rows and their cached signatures, so a cached
+   re-audit gives exactly the clusters a cold audit of the same version gives.
 
 Bucket guard: a band bucket with more than `MAX_BUCKET_PAIRS_SIZE` distinct signatures (heavily
 templated data) is linked as a star (each member against the bucket's first member) instead of
@@ -52,9 +61,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -66,8 +76,14 @@ from .base import AuditContext, Auditor, AuditResult
 U64 = np.uint64
 MAX_BUCKET_PAIRS_SIZE = 500  # all pairs up to this many distinct signatures in one band bucket
 CALIBRATION_WINDOW = 0.15  # calibration pairs have an estimated Jaccard within threshold +- this
+# verify="exact" checks the true Jaccard of candidates whose estimate is within this of the threshold:
+# 0.2 is over 4.5 standard deviations of a 128-value estimate, so a pair outside it is on the side
+# its estimate says with probability > 0.99999
+VERIFY_MARGIN = 0.2
+CANDIDATE_MARGIN = 0.1  # default candidate_threshold = threshold - this
 TEXT_PREVIEW = 500
 _SIG_BATCH = 1 << 18  # shingles per signature batch (1 MB of uint32): stays in cache
+_THREADS = min(4, os.cpu_count() or 1)  # signature batches computed at once
 _TEXT_CHUNK = 4 << 20  # bytes of text shingled and signed at a time
 _PAIR_CHUNK = 1 << 17  # pairs compared at once when estimating Jaccard
 
@@ -88,8 +104,15 @@ class MinHashConfig:
     num_perm: int = field(default=128, metadata={"help": "hash functions per signature (Jaccard estimate sd ~ 0.035 at 0.8)"})
     threshold: float = field(default=0.8, metadata={
         "help": "estimated Jaccard at or above which two records are near-duplicates, in (0, 1]"})
+    candidate_threshold: float | None = field(default=None, metadata={
+        "help": "Jaccard the LSH banding is tuned for (bands/rows chosen for it); default threshold - 0.1, so "
+                "pairs just above the threshold are almost never missed (candidates are verified anyway)"})
+    verify: str = field(default="exact", metadata={
+        "help": "how a candidate pair is decided: exact (the true Jaccard of the two shingle sets, for pairs "
+                "whose estimate is within 0.2 of the threshold) or estimate (the signatures' share of equal "
+                "minima, as datasketch does)"})
     bands: int | None = field(default=None, metadata={
-        "help": "LSH bands; with rows, overrides the bands/rows chosen from the threshold (bands*rows <= num_perm)"})
+        "help": "LSH bands; with rows, overrides the bands/rows chosen from the candidate threshold (bands*rows <= num_perm)"})
     rows: int | None = field(default=None, metadata={"help": "LSH rows per band (give with bands)"})
     false_positive_weight: float = field(default=0.1, metadata={
         "help": "weight of false positives when choosing bands/rows (candidates are verified, so they are cheap)"})
@@ -125,6 +148,11 @@ class MinHashConfig:
             raise bad(f"num_perm must be an integer from 2 to 4096, not {self.num_perm!r}")
         if not is_num(self.threshold) or not 0 < self.threshold <= 1:
             raise bad(f"threshold must be a number in (0, 1], not {self.threshold!r}")
+        if self.candidate_threshold is not None and (
+                not is_num(self.candidate_threshold) or not 0 < self.candidate_threshold <= 1):
+            raise bad(f"candidate_threshold must be a number in (0, 1], not {self.candidate_threshold!r}")
+        if self.verify not in ("exact", "estimate"):
+            raise bad(f"verify must be exact or estimate, not {self.verify!r}")
         if (self.bands is None) != (self.rows is None):
             raise bad("give bands and rows together (or neither, to choose them from the threshold)")
         if self.bands is not None:
@@ -340,6 +368,7 @@ def signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int
     order = np.argsort(counts, kind="stable")
     order = order[counts[order] > 0]
     sorted_counts = counts[order]
+    batches = []
     i = 0
     while i < order.size:
         # a batch of records of similar shingle counts, padded to the longest: (width, records)
@@ -347,8 +376,11 @@ def signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int
         j = min(order.size, i + take)
         while j - i > 1 and int(sorted_counts[j - 1]) * (j - i) > 2 * _SIG_BATCH:
             j = i + max(1, (j - i) // 2)
-        members = order[i:j]
-        width = int(sorted_counts[j - 1])
+        batches.append((order[i:j], int(sorted_counts[j - 1])))
+        i = j
+
+    def sign(batch: tuple[np.ndarray, int]) -> None:
+        members, width = batch
         index = offsets[members][None, :] + np.minimum(np.arange(width)[:, None], counts[members][None, :] - 1)
         block = x[index]
         work = np.empty_like(block)
@@ -358,20 +390,42 @@ def signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int
             work += b[p]
             work.min(axis=0, out=result[p])
         out[:, members] = result
-        i = j
+
+    # batches are independent and numpy releases the GIL in each operation: one thread per core
+    threads = min(_THREADS, len(batches))
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(sign, batches))
+    else:
+        for batch in batches:
+            sign(batch)
     return np.ascontiguousarray(out.T)
 
 
 # ---- candidate pairs and clusters ----------------------------------------------------------------------
 
-def _row_keys(sig: np.ndarray, columns: slice) -> np.ndarray:
-    """A 64-bit key per row of sig[:, columns] (a uint32 matrix): equal rows, equal keys."""
-    block = sig[:, columns]
-    key = np.zeros(block.shape[0], dtype=np.uint64)
-    for j in range(block.shape[1]):
-        key *= _B
-        key += block[:, j]
-    return _fmix64(key)
+def _band_keys(sig: np.ndarray, bands: int, rows: int, step: int = 4096) -> np.ndarray:
+    """(bands, records) 64-bit keys of the signature's bands sig[:, b*rows:(b+1)*rows] (a uint32
+    matrix): equal band values, equal keys. Done a few thousand records at a time so each block is
+    transposed inside the CPU cache (column-wise reads of the whole matrix were 4x slower)."""
+    n = sig.shape[0]
+    out = np.empty((bands, n), dtype=np.uint64)
+    for s in range(0, n, step):
+        block = sig[s:s + step, :bands * rows].T.astype(np.uint64).reshape(bands, rows, -1)
+        key = block[:, 0].copy()
+        for j in range(1, rows):
+            key *= _B
+            key += block[:, j]
+        out[:, s:s + step] = key
+    return _fmix64(out)
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique by sorting: numpy 2's np.unique hashes 64-bit integers, several times slower here."""
+    values = np.sort(values)
+    return values[np.concatenate([[True], values[1:] != values[:-1]])] if values.size else values
 
 
 def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -379,7 +433,7 @@ def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     key then index, start of each run in that list, run lengths). Only the repeated keys are
     arg-sorted; finding them takes one (SIMD) sort of the values and a hash lookup."""
     ordered = np.sort(keys)
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    repeated = _sorted_unique(ordered[1:][ordered[1:] == ordered[:-1]])
     dup = np.flatnonzero(pl.Series(keys).is_in(pl.Series(repeated).implode()).to_numpy())
     order = dup[np.argsort(keys[dup], kind="stable")]
     sorted_keys = keys[order]
@@ -435,25 +489,65 @@ def union_find_min(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
             label = jumped
 
 
+def exact_jaccard(texts: pl.Series, left: np.ndarray, right: np.ndarray, config: MinHashConfig) -> np.ndarray:
+    """The true Jaccard similarity of the shingle sets of texts[left[k]] and texts[right[k]] for each
+    pair k, with no loop per pair: shingles are compared by 40 bits of their 64-bit hashes (a false
+    match between two different shingles of a 100-shingle pair has probability ~1e-8), packed with
+    the record (or pair) number into one uint64 so that deduplicating and intersecting sets are sorts."""
+    out = np.zeros(left.size, dtype=np.float64)
+    if left.size == 0:
+        return out
+    rows = _sorted_unique(np.concatenate([left, right]))
+    hashes, offsets = shingle_hashes(texts.gather(rows), config)
+    owner = np.repeat(np.arange(rows.size, dtype=np.uint64), np.diff(offsets))
+    keys = _sorted_unique((owner << U64(40)) | (hashes >> U64(24)))  # per record, its sorted shingles
+    values = keys & U64((1 << 40) - 1)
+    size = np.bincount((keys >> U64(40)).astype(np.int64), minlength=rows.size)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
+    a, b = np.searchsorted(rows, left), np.searchsorted(rows, right)
+
+    def tagged(members: np.ndarray) -> np.ndarray:
+        """The shingles of each member's set, tagged with the member's pair number (its index)."""
+        n = size[members]
+        first = np.repeat(start[members] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+        return (np.repeat(np.arange(members.size, dtype=np.uint64), n) << U64(40)) | values[first]
+
+    step = _PAIR_CHUNK // 8  # ~200 shingles a pair: a few million values at a time
+    for s in range(0, left.size, step):
+        pa, pb = a[s:s + step], b[s:s + step]
+        both = np.concatenate([tagged(pa), tagged(pb)])
+        both.sort()
+        common_values = both[1:][both[1:] == both[:-1]]  # sets are deduplicated: a shared shingle shows twice
+        common = np.bincount((common_values >> U64(40)).astype(np.int64), minlength=pa.size)
+        union = size[pa] + size[pb] - common
+        out[s:s + step] = np.where(union > 0, common / np.maximum(union, 1), np.nan)
+    return out
+
+
 @dataclass
 class _Clusters:
     label: np.ndarray  # per row: version position of its cluster's representative
-    pair_left: np.ndarray  # every verified candidate pair (rows), before the threshold
+    pair_left: np.ndarray  # every candidate pair (rows), before the threshold
     pair_right: np.ndarray
     pair_jaccard: np.ndarray  # estimated Jaccard of each pair
+    pair_true: np.ndarray  # true Jaccard of the pairs that were verified exactly, else NaN
+    pair_accepted: np.ndarray  # the pair's decision
     oversized: int
     candidate_pairs: int
 
 
-def cluster(sig: np.ndarray, has_shingles: np.ndarray, bands: int, rows: int, threshold: float) -> _Clusters:
-    """Cluster rows by LSH over their signatures; rows without shingles stay alone."""
+def cluster(sig: np.ndarray, has_shingles: np.ndarray, bands: int, rows: int, threshold: float,
+            verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> _Clusters:
+    """Cluster rows by LSH over their signatures; rows without shingles stay alone. With `verify`
+    (pairs -> true Jaccard), candidates whose estimate is within VERIFY_MARGIN of the threshold are
+    decided by their true Jaccard; the rest (and all, without it) by the estimate."""
     n, num_perm = sig.shape
     valid = np.flatnonzero(has_shingles)
     rows_sig = sig if valid.size == n else sig[valid]
     m = valid.size
     # 1. identical signatures: link every copy to the first one (one pair per copy, not all pairs);
     # grouped by a key of the first 16 values, then compared in full
-    members, starts, lengths = _groups(_row_keys(rows_sig, slice(0, 16)))
+    members, starts, lengths = _groups(_band_keys(rows_sig, 1, min(16, num_perm))[0])
     first = np.arange(m)
     first[members] = np.repeat(members[starts], lengths)
     copy = np.flatnonzero(first != np.arange(m))
@@ -465,16 +559,14 @@ def cluster(sig: np.ndarray, has_shingles: np.ndarray, bands: int, rows: int, th
     d = distinct.size
     distinct_sig = rows_sig if d == m else rows_sig[distinct]
     # 2. LSH over the distinct signatures: rows sharing any band's hash are candidates
-    keys = np.empty((bands, d), dtype=np.uint64)
-    salts = _fmix64(np.arange(1, bands + 1, dtype=np.uint64))
-    for band in range(bands):
-        keys[band] = _row_keys(distinct_sig, slice(band * rows, (band + 1) * rows)) ^ salts[band]
+    keys = _band_keys(distinct_sig, bands, rows)
+    keys ^= _fmix64(np.arange(1, bands + 1, dtype=np.uint64))[:, None]  # a bucket per band
     members, starts, lengths = _groups(keys.ravel())
     chunks, oversized = _bucket_pairs(members % max(d, 1), starts, lengths)
     if chunks:
         lo = np.concatenate([np.minimum(a, b) for a, b in chunks])
         hi = np.concatenate([np.maximum(a, b) for a, b in chunks])
-        code = np.unique(lo * d + hi)
+        code = _sorted_unique(lo * d + hi)
         left, right = valid[distinct[code // d]], valid[distinct[code % d]]
     else:
         left = right = np.zeros(0, dtype=np.int64)
@@ -482,9 +574,14 @@ def cluster(sig: np.ndarray, has_shingles: np.ndarray, bands: int, rows: int, th
     left = np.concatenate([copies_left, left]).astype(np.int64)
     right = np.concatenate([copies_right, right]).astype(np.int64)
     jaccard = _matches(sig, left, right) / np.float64(num_perm)
-    keep = jaccard >= threshold
+    true = np.full(left.size, np.nan)
+    if verify is not None:
+        # identical signatures (estimate 1) are copies or all but copies: not worth shingling again
+        near = np.flatnonzero((np.abs(jaccard - threshold) <= VERIFY_MARGIN) & (jaccard < 1))
+        true[near] = verify(left[near], right[near])
+    keep = np.where(np.isnan(true), jaccard, true) >= threshold
     label = union_find_min(n, left[keep], right[keep])
-    return _Clusters(label, left, right, jaccard, oversized, int(left.size))
+    return _Clusters(label, left, right, jaccard, true, keep, oversized, int(left.size))
 
 
 # ---- the auditor -----------------------------------------------------------------------------------
@@ -533,23 +630,21 @@ class _SignatureKey:
         return "sig-" + hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
 
 
-def _jaccard_of_sets(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.unique(a), np.unique(b)
-    if a.size == 0 and b.size == 0:
-        return float("nan")
-    inter = np.intersect1d(a, b, assume_unique=True).size
-    return inter / (a.size + b.size - inter)
-
-
 class MinHashDuplicates(Auditor):
     name = "minhash"
     Config = MinHashConfig
+
+    def candidate_threshold(self) -> float:
+        c: MinHashConfig = self.config
+        if c.candidate_threshold is not None:
+            return float(c.candidate_threshold)
+        return round(max(float(c.threshold) - CANDIDATE_MARGIN, 0.05), 6)
 
     def effective_bands_rows(self) -> tuple[int, int]:
         c: MinHashConfig = self.config
         if c.bands is not None and c.rows is not None:
             return int(c.bands), int(c.rows)
-        return optimal_bands_rows(float(c.threshold), int(c.num_perm), float(c.false_positive_weight),
+        return optimal_bands_rows(self.candidate_threshold(), int(c.num_perm), float(c.false_positive_weight),
                                   float(c.false_negative_weight))
 
     def signature_frame(self, records: pl.DataFrame) -> pl.DataFrame:
@@ -578,7 +673,9 @@ class MinHashDuplicates(Auditor):
         found = cache.get_or_compute(records.select("id", c.column), self.signature_frame)
         sig = _from_binary(found["minhash_sig"], c.num_perm)
         has_shingles = found["shingles"].to_numpy() > 0
-        result = cluster(sig, has_shingles, bands, rows, float(c.threshold))
+        texts = records[c.column]
+        verify = None if c.verify == "estimate" else (lambda a, b: exact_jaccard(texts, a, b, c))
+        result = cluster(sig, has_shingles, bands, rows, float(c.threshold), verify)
 
         n = records.height
         label = result.label
@@ -608,17 +705,11 @@ class MinHashDuplicates(Auditor):
         if near.size > c.calibration_pairs:
             near = np.sort(np.random.default_rng(c.seed).choice(near, c.calibration_pairs, replace=False))
         left, right = result.pair_left[near], result.pair_right[near]
-        rows = np.unique(np.concatenate([left, right]))
-        hashes, offsets = shingle_hashes(records[c.column].gather(rows), c)
-        where = {int(r): k for k, r in enumerate(rows)}
-
-        def shingles(r: int) -> np.ndarray:
-            k = where[int(r)]
-            return hashes[offsets[k]:offsets[k + 1]]
-
-        true = np.array([_jaccard_of_sets(shingles(a), shingles(b)) for a, b in zip(left, right)], dtype=np.float64)
+        true = result.pair_true[near]
+        todo = np.flatnonzero(np.isnan(true))
+        true[todo] = exact_jaccard(records[c.column], left[todo], right[todo], c)
         estimated = result.pair_jaccard[near]
-        accepted = estimated >= t
+        accepted = result.pair_accepted[near]
         truly = true >= t
         outcome = np.where(accepted, np.where(truly, "true positive", "false positive"),
                            np.where(truly, "false negative", "true negative"))
@@ -660,7 +751,10 @@ class MinHashDuplicates(Auditor):
             "rows": rows,
             "lsh_threshold": round((1 / bands) ** (1 / rows), 4),  # where the banding's S-curve is steepest
             "candidate_pairs": result.candidate_pairs,
-            "accepted_pairs": int((result.pair_jaccard >= c.threshold).sum()),
+            "accepted_pairs": int(result.pair_accepted.sum()),
+            "verified_pairs": int((~np.isnan(result.pair_true)).sum()),
+            "verify": c.verify,
+            "candidate_threshold": self.candidate_threshold(),
             "oversized_buckets": result.oversized,
             "signatures_computed": cache.misses,
             "signatures_reused": cache.hits,

@@ -376,26 +376,29 @@ def _openers(texts: pl.Expr, n: int, words: pl.Expr | None = None) -> pl.Expr:
 OPENER_COLUMNS = ("opener_1", "opener_2", "opener_3", "first_word")
 
 
-def style_homogeneity(records: pl.DataFrame, cfg: QualityConfig,
-                      openers: pl.DataFrame | None = None) -> tuple[dict[str, Any], pl.Series, pl.DataFrame]:
+def style_homogeneity(records: pl.DataFrame, cfg: QualityConfig, openers: pl.DataFrame | None = None,
+                      empty: int | None = None) -> tuple[dict[str, Any], pl.Series, pl.DataFrame]:
     """(summary figures, quality_common_opener per row, top openers frame). `openers` (the
-    OPENER_COLUMNS, one row per record row) comes from the per-record cache when there is one;
-    without it they are computed here."""
+    OPENER_COLUMNS, one row per record row) and `empty` (how many responses are empty or blank)
+    come from the per-record cache when there is one; without them they are computed here."""
     if openers is None:
         openers = records.select(pl.col("response").fill_null(""), pl.col("prompt").fill_null("")).with_columns(
             _head=_head_words(pl.col("response")),
             first_word=_openers(pl.col("prompt").str.slice(0, 80), 1)).select(
             *[_openers(pl.col("response"), n, pl.col("_head")).alias(f"opener_{n}") for n in (1, 2, 3)],
             "first_word")
-    frame = pl.concat([records.select(pl.col("response").fill_null("")),
-                       openers.select([pl.col(f"opener_{n}").alias(f"o{n}") for n in (1, 2, 3)] + ["first_word"])],
-                      how="horizontal")
-    answered = max(int((frame["response"].str.strip_chars() != "").sum()), 1)
+    frame = openers.select([pl.col(f"opener_{n}").alias(f"o{n}") for n in (1, 2, 3)] + ["first_word"])
+    if empty is None:
+        empty = int((records["response"].fill_null("").str.strip_chars() == "").sum())
+    answered = max(records.height - empty, 1)
     figures: dict[str, Any] = {"responses": answered}
     tops = []
+    all_counts = {}
     for n in (1, 2, 3):
-        counts = frame.get_column(f"o{n}").drop_nulls().value_counts(sort=True, name="count")
-        counts = counts.rename({f"o{n}": "opener"}).sort(["count", "opener"], descending=[True, False])
+        all_counts[n] = frame.get_column(f"o{n}").drop_nulls().value_counts(name="count").rename({f"o{n}": "opener"})
+        # the top 10 (ties by opener): top_k rather than sorting every distinct opener
+        counts = all_counts[n].top_k(10, by=["count", "opener"], reverse=[False, True]).sort(
+            ["count", "opener"], descending=[True, False])
         tops.append(counts.head(10).with_columns(words=pl.lit(n), share=pl.col("count") / answered))
         top = counts.row(0, named=True) if counts.height else {"opener": None, "count": 0}
         figures[f"top_opener_{n}_word{'s' if n > 1 else ''}"] = {
@@ -404,8 +407,8 @@ def style_homogeneity(records: pl.DataFrame, cfg: QualityConfig,
         pl.col("words").cast(pl.Int64), "opener", pl.col("count").cast(pl.Int64), "share")
     figures["top_openers"] = [{"opener": r["opener"], "count": r["count"], "share": round(r["share"], 4)}
                               for r in top_openers.filter(pl.col("words") == 3).iter_rows(named=True)]
-    first = frame["first_word"].drop_nulls().value_counts(sort=True, name="count").sort(
-        ["count", "first_word"], descending=[True, False])
+    first = frame["first_word"].drop_nulls().value_counts(name="count").top_k(
+        1, by=["count", "first_word"], reverse=[False, True])
     prompts = max(int(frame["first_word"].is_not_null().sum()), 1)
     figures["instruction_top_first_word"] = {
         "word": first["first_word"][0] if first.height else None,
@@ -413,9 +416,8 @@ def style_homogeneity(records: pl.DataFrame, cfg: QualityConfig,
         "share": (int(first["count"][0]) if first.height else 0) / prompts}
     n = min(max(cfg.opener_words, 1), 3)
     opener = frame.get_column(f"o{n}")
-    counts = opener.drop_nulls().value_counts(name="count")
-    common = counts.filter((pl.col("count") > cfg.common_opener_share * answered)
-                           & (pl.col("count") >= cfg.opener_min_count)).get_column(f"o{n}")
+    common = all_counts[n].filter((pl.col("count") > cfg.common_opener_share * answered)
+                                  & (pl.col("count") >= cfg.opener_min_count)).get_column("opener")
     figures["common_openers"] = sorted(common.to_list())
     flag = opener.is_in(common.implode()).fill_null(False).alias("quality_common_opener")
     figures["common_opener_records"] = int(flag.sum())
@@ -445,7 +447,8 @@ class Quality(Auditor):
                 raise AssayError(f"quality: invalid refusal pattern {pattern!r}: {exc}") from None
         cache = ctx.cached(self)
         flags = cache.get_or_compute(records.select("id", "prompt", "response"), lambda f: record_flags(f, cfg))
-        style, common, top_openers = style_homogeneity(records, cfg, flags.select(OPENER_COLUMNS))
+        style, common, top_openers = style_homogeneity(records, cfg, flags.select(OPENER_COLUMNS),
+                                                       int(flags["quality_empty_output"].sum()))
         columns = flags.drop("id", *OPENER_COLUMNS).with_columns(common)
         total = records.height
         summary: dict[str, Any] = {

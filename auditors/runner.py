@@ -30,6 +30,7 @@ REGISTRY: dict[str, str] = {
     "diversity": "assay.auditors.diversity:Diversity",
     "contamination": "assay.auditors.contamination:Contamination",
     "quality": "assay.auditors.quality:Quality",
+    "difficulty": "assay.auditors.difficulty:Difficulty",  # optional: a base model's forward passes, slow on CPU
 }
 
 AUDITS_SCHEMA = """
@@ -81,8 +82,9 @@ def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress:
     manifest = store.resolve(ref)
     if manifest.records == 0:
         raise AssayError(f"version {manifest.ref} ({manifest.id[:12]}) is empty: nothing to audit")
-    records = with_text(store.read(manifest))
-    ctx = AuditContext(store, manifest.id)
+    # only what the text views are built from: the provenance columns are not audited
+    records = with_text(store.read(manifest, ["id", "instruction", "input", "output", "messages"]))
+    ctx = AuditContext(store, manifest.id, manifest)
     out: dict[str, Any] = {}
     store.fs.makedirs(store.path("audits", manifest.id), exist_ok=True)
     with progress(f"auditing {manifest.ref}", total=len(auditors), enabled=show_progress) as bar:

@@ -39,6 +39,8 @@ import time
 import unicodedata
 from pathlib import Path
 
+from common import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
@@ -229,9 +231,7 @@ def main() -> None:
     out = {"machine": info, "command": " ".join(sys.argv), "ngram": ngram_part(args)}
     if args.embed_records:
         out["embedding"] = embedding_part(args)
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(out, indent=2, default=str))
+    write_json(args.json_out, out)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "instructions" / "codealpaca_new.json"
 DATASET = "codealpaca"
@@ -170,10 +172,7 @@ def main(args: argparse.Namespace) -> dict:
               f"cached / cold = {results['cached_over_cold']:,.0f}x")
         print(f"load average (1, 5, 15 min) at start {results['load_average_start']}, "
               f"at end {results['load_average_end']}")
-        if args.json_out:
-            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
-            print(f"figures written to {args.json_out}")
+        write_json(args.json_out, results)
         return results
     finally:
         if args.keep:

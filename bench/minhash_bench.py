@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -50,13 +49,14 @@ import polars as pl
 from assay.auditors.base import AuditContext
 from assay.auditors.minhash import MinHashConfig, MinHashDuplicates, shingle_hashes, signatures
 from assay.core.store import Store
+from common import write_json
+from minhash_reference import datasketch_labels, ref_shingles
 
 SEED = 20240607
 VOCAB = 30_000
 WORDS = (80, 120)
 PLANTED = 0.05
 EDITS = [(1, 0.4), (2, 0.2), (3, 0.2), (6, 0.2)]  # (edits, share of planted copies)
-WORD_RE = re.compile(r"[0-9a-z_\u0080-\U0010ffff]+")
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -107,13 +107,6 @@ def synthesise(n_docs: int, seed: int) -> tuple[list[str], list[tuple[int, int, 
     return docs, planted
 
 
-def ref_shingles(text: str, n: int = 5) -> set[str]:
-    words = WORD_RE.findall(text.lower())
-    if len(words) >= n:
-        return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
-    return {" ".join(words)} if words else set()
-
-
 # ---- the two pipelines --------------------------------------------------------------------------------
 
 def timed(fn):
@@ -132,33 +125,9 @@ def run_assay(frame: pl.DataFrame, config: MinHashConfig, workspace: Path):
 
 
 def run_datasketch(texts: list[str], threshold: float, num_perm: int, params: tuple[int, int]):
-    from datasketch import MinHash, MinHashLSH
+    import datasketch  # noqa: F401  imported before the clock starts, like Assay's modules
 
-    def pipeline():
-        sets = [ref_shingles(t) for t in texts]
-        indexed = [i for i, s in enumerate(sets) if s]
-        hashes = MinHash.bulk([[s.encode() for s in sets[i]] for i in indexed], num_perm=num_perm)
-        by_pos = dict(zip(indexed, hashes))
-        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=params)
-        for i, m in by_pos.items():
-            lsh.insert(i, m)
-        parent = list(range(len(texts)))
-
-        def find(x: int) -> int:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        for i, m in by_pos.items():
-            for j in lsh.query(m):
-                if j != i and m.jaccard(by_pos[j]) >= threshold:
-                    a, b = find(i), find(j)
-                    if a != b:
-                        parent[max(a, b)] = min(a, b)
-        return np.array([find(i) for i in range(len(texts))])
-
-    return timed(pipeline)
+    return timed(lambda: datasketch_labels(texts, threshold, num_perm, params))
 
 
 def backends(frame: pl.DataFrame, config: MinHashConfig) -> dict:
@@ -286,9 +255,7 @@ def main() -> None:
                      "warm_cpu_s": round(w_cpu, 3)},
            "datasketch": {"wall_s": round(r_wall, 3), "cpu_s": round(r_cpu, 3)},
            "speed_ratio": speed, "quality": quality, "agreement": agreement, "signature_kernels": kernels}
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(out, indent=2))
+    write_json(args.json_out, out)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,19 @@ from helpers import Cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """One model cache for the whole run (subprocesses inherit it): SmolLM2's GGUF is dequantised
+    and saved as safetensors once, not once per workspace (~15-45 s each on 2 cores)."""
+    if os.environ.get("ASSAY_MODEL_CACHE"):
+        yield os.environ["ASSAY_MODEL_CACHE"]
+        return
+    path = str(tmp_path_factory.mktemp("models"))
+    os.environ["ASSAY_MODEL_CACHE"] = path
+    yield path
+    os.environ.pop("ASSAY_MODEL_CACHE", None)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from assay.auditors.runner import audit_columns, audit_detail, filter_version, m
 from assay.core.errors import AssayError, BadInput
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
+from auditor_helpers import codealpaca
 from helpers import write_jsonl
 
 ENGINES = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not C.HAVE_NUMBA, reason="numba not installed"))]
@@ -35,11 +36,6 @@ def human_eval() -> list[dict]:
 
     with gzip.open(HUMAN_EVAL, "rt") as fh:
         return [json.loads(line) for line in fh]
-
-
-def codealpaca(shared_data) -> list[dict]:
-    rows = json.loads((shared_data / "instructions/codealpaca_new.json").read_text())
-    return [{"instruction": r["instruction"], "input": r["input"], "output": r["output"]} for r in rows]
 
 
 def clean_texts(shared_data) -> list[str]:

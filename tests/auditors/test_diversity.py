@@ -19,6 +19,7 @@ from assay.core.errors import AssayError
 from assay.core.records import with_text
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
+from auditor_helpers import seed_tasks
 from helpers import write_jsonl
 
 SEED_TASKS = 100  # the first 100 seed tasks: embedding is the cost of this file
@@ -33,10 +34,7 @@ def seeded(shared_data, tmp_path_factory):
     """One workspace for the module (built on first use): seed tasks 4 times over, audited once."""
     if not _MODULE:
         base = tmp_path_factory.mktemp("diversity")
-        rows = [json.loads(line) for line in (shared_data / "instructions/self_instruct_seed_tasks.jsonl")
-                .read_text(encoding="utf-8").splitlines()]
-        assert len(rows) == 175
-        rows = rows[:SEED_TASKS]
+        rows = seed_tasks(shared_data, SEED_TASKS)
         store = Store(base / "ws")
         version = import_source(store, str(write_jsonl(base / "seed.jsonl", rows * REPEATS)), "seed")
         summary = run_audit(store, version.id, [Diversity(PROMPT)])["auditors"]["diversity"]

@@ -15,6 +15,7 @@ from assay.auditors.runner import audit_columns, filter_version, run_audit
 from assay.core.errors import AssayError
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
+from auditor_helpers import seed_tasks
 from helpers import write_jsonl
 
 SEED_TASKS = 100  # the first 100 seed tasks
@@ -71,10 +72,7 @@ def seeded(shared_data, tmp_path_factory):
     audited once by `embed` and `exact`, which computes the embeddings; every test reuses it."""
     if not _MODULE:
         base = tmp_path_factory.mktemp("embed")
-        rows = [json.loads(line) for line in (shared_data / "instructions/self_instruct_seed_tasks.jsonl")
-                .read_text(encoding="utf-8").splitlines()]
-        assert len(rows) == 175
-        rows = rows[:SEED_TASKS]
+        rows = seed_tasks(shared_data, SEED_TASKS)
         store = Store(base / "ws")
         source = write_jsonl(base / "seed.jsonl", rows + [p for _, p in PLANTED])
         version = import_source(store, str(source), "seed")

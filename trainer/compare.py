@@ -24,7 +24,7 @@ from assay.core.errors import AssayError
 from assay.core.store import Store
 
 from .config import TrainConfig
-from .train import train
+from .train import resolve_reference, train
 
 JUDGE_PROMPT = """You are judging two answers to the same request. Decide which answer is more correct and more helpful.
 
@@ -48,6 +48,8 @@ def compare(store: Store, a: str, b: str, config: TrainConfig | None = None, *,
     config = config or TrainConfig.from_preset("cpu-smoke")
     config.validate()
     ma, mb = store.resolve(a), store.resolve(b)  # fail on a bad ref before any training starts
+    if config.reference:  # a file is imported once, so both runs are scored on the same version
+        resolve_reference(store, config)
     if config.judge and not (config.reference and config.rouge_records):
         raise AssayError("compare: the judge compares answers to the reference prompts: give a reference set "
                          "and rouge_records > 0")

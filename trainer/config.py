@@ -64,7 +64,8 @@ class TrainConfig:
     tiny_hidden: int = field(default=64, metadata={"help": f"'{TINY_LLAMA}' only: hidden size"})
     tiny_layers: int = field(default=2, metadata={"help": f"'{TINY_LLAMA}' only: decoder layers"})
     reference: str | None = field(default=None, metadata={
-        "help": "held-out reference set (a version ref) for loss/perplexity on response tokens; "
+        "help": "held-out reference set (a version ref, or a file imported once as version eval-<stem>) for "
+                "loss/perplexity on response tokens; "
                 "fixed across the runs being compared"})
     reference_records: int = field(default=32, metadata={"help": "first N records of the reference set"})
     benchmarks: list[str] = field(default_factory=lambda: ["human-eval"], metadata={

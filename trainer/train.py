@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -89,6 +90,24 @@ def _record(store: Store, run: dict[str, Any]) -> None:
              json.dumps(run["metrics"]) if run.get("metrics") is not None else None, run["path"]))
 
 
+def resolve_reference(store: Store, config: TrainConfig) -> Manifest:
+    """The reference set's version. A file path is imported once as a version of `eval-<file stem>`
+    and `config.reference` becomes that version's id, so the run record (and both runs of a compare)
+    name the exact data they were scored on."""
+    try:
+        return store.resolve(config.reference)
+    except AssayError as exc:
+        path = Path(config.reference)
+        if not path.is_file():
+            raise AssayError(f"train: reference set {config.reference!r} is neither a version nor a file: {exc}") from exc
+    from assay.pipelines.importer import import_source
+
+    name = "eval-" + (re.sub(r"[^A-Za-z0-9_.\-]", "-", path.name.split(".")[0]) or "reference")
+    manifest = import_source(store, str(path), name, show_progress=False)
+    config.reference = manifest.id
+    return manifest
+
+
 def _check(store: Store, version_ref: str, config: TrainConfig) -> Manifest:
     if not store.local:
         raise AssayError("train: the workspace must be a local folder (runs and checkpoints are written there)")
@@ -98,10 +117,7 @@ def _check(store: Store, version_ref: str, config: TrainConfig) -> Manifest:
         raise AssayError(f"train: version {manifest.ref} ({manifest.id[:12]}) has no records to train on")
     # the evaluation sets are checked before training, not discovered broken after it
     if config.reference:
-        try:
-            reference = store.resolve(config.reference)
-        except AssayError as exc:
-            raise AssayError(f"train: reference set: {exc}") from exc
+        reference = resolve_reference(store, config)
         if reference.records == 0:
             raise AssayError(f"train: reference set {reference.ref} has no records")
     if config.benchmarks:

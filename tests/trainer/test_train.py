@@ -444,3 +444,17 @@ def test_llm_judge_compares_the_answers_through_the_embedded_server(ws, monkeypa
         assert 0 <= judge["a_win_rate"] <= 1 and out["delta"]["judge_a_win_rate"] == judge["a_win_rate"]
     with pytest.raises(AssayError, match="judge compares answers"):
         compare(ws, "small", "b", quick(judge=True, rouge_records=0))
+
+
+def test_a_reference_file_is_imported_once_and_scores_like_its_version(ws):
+    """`reference` may be a file: it becomes a version (named in the run's config), and the scores equal
+    those against the same data imported by hand (the fixture's `gsm8k` version)."""
+    cfg = dict(max_steps=1, max_records=16, benchmarks=[], forgetting=None, rouge_records=0)
+    by_version = train(ws, "small", quick(**cfg))
+    by_file = train(ws, "small", quick(reference=str(GSM8K), **cfg))
+    used = ws.resolve(by_file["config"]["reference"])
+    assert used.dataset == "eval-gsm8k_test" and used.id == by_file["config"]["reference"]
+    assert used.records == ws.resolve("gsm8k").records
+    assert by_file["metrics"]["reference_loss"] == pytest.approx(by_version["metrics"]["reference_loss"], rel=1e-6)
+    with pytest.raises(AssayError, match="neither a version nor a file"):
+        train(ws, "small", quick(reference=str(GSM8K) + ".missing", **cfg))

@@ -43,6 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_bench import _rss_mb, machine_info, synthesize  # noqa: E402  (a sibling script)
+from common import write_json  # noqa: E402
 
 SEARCH_WORD = "café"  # one of the generator's unicode words: rare, so the search is selective
 PAGE = 50
@@ -175,9 +176,7 @@ def main(args: argparse.Namespace) -> dict:
               f"filter change {results['assay']['filter']['seconds']:.2f} s (< 1 s), "
               f"peak memory {worst_rss:.0f} MB (< 2048 MB)")
         print(f"load average {os.getloadavg()}")
-        if args.json_out:
-            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json_out).write_text(json.dumps(summary, indent=1))
+        write_json(args.json_out, summary)
         return summary
     finally:
         if not args.keep and not args.dir:

@@ -14,7 +14,6 @@ server's own prompt cache from favouring the second mode.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -23,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from assay.core.llm import LLMClient, LLMConfig, Request
 from assay.core.llm_server import serve
 from assay.core.store import Store
+
+from common import write_json
 
 TOPICS = ["rivers", "bread", "clocks", "bees", "bridges", "tea", "maps", "snow", "glass", "owls", "salt", "kites"]
 
@@ -87,9 +88,7 @@ def main() -> None:
     for k in ("plain", "assay"):
         print(f"  {k:<6} median {med[k]:7.2f} s  ({args.requests / med[k]:6.2f} req/s)  runs {times[k]}")
     print(f"assay throughput / plain = {ratio:.3f} (goal >= 0.9); journal overhead {100 * (1 / ratio - 1):+.1f}%")
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump({"args": vars(args), "times": times, "median": med, "ratio": ratio}, fh, indent=1)
+    write_json(args.json_out, {"args": vars(args), "times": times, "median": med, "ratio": ratio})
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import write_json
+
 PAGE_SIZE = 50
 DATASET = "bench"
 SEED = 20240601
@@ -394,10 +396,7 @@ def main(args: argparse.Namespace) -> dict:
         print(f"  load average (1, 5, 15 min) at start {results['load_average_start']}, "
               f"at end {results['load_average_end']}")
         print("=" * 78)
-        if args.json_out:
-            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
-            print(f"figures written to {args.json_out}")
+        write_json(args.json_out, results)
         return results
     finally:
         if args.keep:

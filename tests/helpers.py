@@ -31,3 +31,15 @@ class Cli:
     def json(self, *args: str) -> dict:
         proc = self(*args, "--json")
         return json.loads(proc.stdout)
+
+
+APP_UI = Path(__file__).resolve().parents[1] / "app" / "ui"
+
+
+def run_page(page: str, timeout: float = 120):
+    """Run one Streamlit page script of app/ui/ under AppTest; fail on any exception it raised."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP_UI / page), default_timeout=timeout).run()
+    assert not at.exception, at.exception
+    return at

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 
 import polars as pl
 import pytest
 from streamlit.testing.v1 import AppTest
 
-PAGE = str(Path(__file__).resolve().parents[2] / "app" / "ui" / "page_audit.py")
+from helpers import run_page
 
 
 def _texts(seed: int = 7) -> list[dict[str, str]]:
@@ -48,10 +47,7 @@ def audited(app_workspace, tmp_path):
 
 
 def _page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return run_page("page_audit.py")
 
 
 def _metrics(at: AppTest) -> dict[str, str]:

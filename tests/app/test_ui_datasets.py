@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from assay.core import jobs
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
-from helpers import write_jsonl
+from helpers import run_page, write_jsonl
 
 UI = Path(__file__).resolve().parents[2] / "app" / "ui"
 
@@ -23,9 +23,7 @@ def ws(app_workspace):
 
 
 def run(page: str) -> AppTest:
-    at = AppTest.from_file(str(UI / page), default_timeout=120).run()
-    assert not at.exception, at.exception
-    return at
+    return run_page(page)
 
 
 def texts(at: AppTest) -> list[str]:

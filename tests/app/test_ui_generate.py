@@ -4,18 +4,15 @@ submitting starts the CLI's `generate` command as a real background job that com
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-PAGE = str(Path(__file__).resolve().parents[2] / "app" / "ui" / "page_generate.py")
+from helpers import run_page
+
 
 
 def _page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return run_page("page_generate.py")
 
 
 def _labels(at: AppTest) -> set[str]:

@@ -12,7 +12,7 @@ from assay.auditors.exact import ExactDuplicates
 from assay.auditors.runner import run_audit
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
-from helpers import write_jsonl
+from helpers import run_page, write_jsonl
 
 UI = Path(__file__).resolve().parents[2] / "app" / "ui"
 
@@ -29,9 +29,7 @@ def version(app_workspace, tmp_path):
 
 
 def review() -> AppTest:
-    at = AppTest.from_file(str(UI / "page_review.py"), default_timeout=120).run()
-    assert not at.exception, at.exception
-    return at
+    return run_page("page_review.py")
 
 
 def status(at: AppTest) -> str:

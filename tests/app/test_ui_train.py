@@ -5,19 +5,16 @@ shown side by side: both runs' metrics with the delta, the data diff, the runs l
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-PAGE = str(Path(__file__).resolve().parents[2] / "app" / "ui" / "page_train.py")
+from helpers import run_page
+
 
 
 def _page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return run_page("page_train.py")
 
 
 def test_empty_workspace_says_so(app_workspace):

@@ -378,22 +378,16 @@ def _session_row(conn, ref: str):
 
 def get_session(store: Store, ref: str) -> Session:
     _schema(store)
-    conn = store.catalog.connect()
-    try:
+    with store.catalog.connection() as conn:
         return Session.from_row(_session_row(conn, ref))
-    finally:
-        conn.close()
 
 
 def list_sessions(store: Store, actor: User) -> list[Session]:
     """Every session for an admin; for an annotator, the sessions that name them (or name nobody)."""
     _schema(store)
-    conn = store.catalog.connect()
-    try:
+    with store.catalog.connection() as conn:
         role = _role(conn, actor)
         rows = conn.execute("SELECT * FROM ann_sessions ORDER BY created_at DESC").fetchall()
-    finally:
-        conn.close()
     sessions = [Session.from_row(r) for r in rows]
     if role != "admin":
         sessions = [s for s in sessions if s.status == "open" and (not s.annotators or actor.name in s.annotators)]
@@ -478,8 +472,7 @@ def next_item(store: Store, actor: User, session: str) -> Item | None:
 def get_item(store: Store, actor: User, session: str, record: str) -> Item:
     """A record of the session as `actor` may see it: annotators only the records they were handed."""
     _schema(store)
-    conn = store.catalog.connect()
-    try:
+    with store.catalog.connection() as conn:
         s = _session_row(conn, session)
         role = _role(conn, actor)
         item = conn.execute("SELECT * FROM ann_items WHERE session = ? AND record_id = ?",
@@ -492,8 +485,6 @@ def get_item(store: Store, actor: User, session: str, record: str) -> Item:
             raise AssayError(f"refused: record {record[:12]} is not in {actor.name}'s queue")
         mine = conn.execute("SELECT * FROM ann_decisions WHERE session = ? AND record_id = ? AND annotator = ?",
                             (s["id"], record, actor.name)).fetchone()
-    finally:
-        conn.close()
     row = store.page(store.load_manifest(s["version_id"]), item["row"], 1).to_dicts()[0]
     if item["edit"]:
         row.update(json.loads(item["edit"]))
@@ -660,14 +651,11 @@ def _outcome(decisions: list[dict], resolution: dict | None) -> dict[str, Any]:
 
 def _read_snapshot(store: Store, actor: User, session: str, what: str):
     _schema(store)
-    conn = store.catalog.connect()
-    try:
+    with store.catalog.connection() as conn:
         if what:
             _require_admin(conn, actor, what)
         s = _session_row(conn, session)
         return s, *_snapshot(conn, s["id"])
-    finally:
-        conn.close()
 
 
 def conflicts(store: Store, actor: User, session: str, *, include_resolved: bool = True) -> list[dict[str, Any]]:
@@ -785,8 +773,7 @@ def status(store: Store, actor: User, session: str) -> dict[str, Any]:
     """Progress of a session: per annotator, decided and remaining, and for an admin the record
     states. An annotator sees only their own line (counted in SQL: it is drawn with every record)."""
     _schema(store)
-    conn = store.catalog.connect()
-    try:
+    with store.catalog.connection() as conn:
         role = _role(conn, actor)
         s = _session_row(conn, session)
         sid = s["id"]
@@ -800,8 +787,6 @@ def status(store: Store, actor: User, session: str) -> dict[str, Any]:
             people = [actor.name]
         per = {name: _progress(conn, sid, name) for name in people}
         snapshot = _snapshot(conn, sid) if role == "admin" else None
-    finally:
-        conn.close()
     out: dict[str, Any] = {"session": Session.from_row(s).summary(), "annotators": per}
     if snapshot is not None:
         items, current, resolutions = snapshot
@@ -830,12 +815,9 @@ def _progress(conn, sid: str, name: str) -> dict[str, int]:
 def export_decisions(store: Store, actor: User, session: str) -> list[dict[str, Any]]:
     """Every decision of the session (current or made on an older revision), with its record's state."""
     s, items, current, resolutions = _read_snapshot(store, actor, session, "export decisions")
-    conn = store.catalog.connect()
-    try:
+    with store.catalog.connection() as conn:
         rows = [_decision_dict(r) for r in conn.execute(
             "SELECT * FROM ann_decisions WHERE session = ? ORDER BY record_id, annotator", (s["id"],))]
-    finally:
-        conn.close()
     for r in rows:
         item = items[r["record_id"]]
         r["seq"], r["current"] = item["seq"], r["revision"] == item["revision"]

@@ -55,6 +55,10 @@ class TrainConfig:
     flat_multiple_of: int = field(default=1, metadata={
         "help": "padding-free rows are rounded up to a multiple of N tokens (a filler segment, not "
                 "scored): on a GPU it bounds the number of distinct shapes the attention kernels plan for"})
+    loss_chunk_tokens: int = field(default=256, metadata={
+        "help": "run the output layer and the loss this many scored tokens at a time, each chunk's "
+                "gradients taken at once (the logits of a chunk stay in cache; the same loss and "
+                "gradients); 0: all scored tokens in one matrix"})
     seed: int = field(default=0, metadata={"help": "seed for model init, LoRA init, shuffling and dropout"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU)"})
     use_cpu: bool = field(default=True, metadata={"help": "train on the CPU even when a GPU is present"})
@@ -154,5 +158,5 @@ PRESETS: dict[str, dict[str, Any]] = {
                 lora_target_modules="all-linear", warmup_ratio=0.03, max_steps=0, epochs=2.0,
                 max_records=0, batch_size=16, grad_accum=2, max_seq_len=1024, logging_steps=10,
                 save_steps=200, reference_records=500, benchmark_items=500, eval_batch_size=32,
-                flat_multiple_of=256, rouge_records=64, max_new_tokens=128, use_cpu=False, bf16=True),
+                flat_multiple_of=256, loss_chunk_tokens=0, rouge_records=64, max_new_tokens=128, use_cpu=False, bf16=True),
 }

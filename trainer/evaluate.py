@@ -29,7 +29,8 @@ from .data import PaddedCollator, encode_frame, encode_text, to_messages
 from .loss import scored_loss_sum
 
 
-def token_loss(model, examples: list[dict[str, list[int]]], *, batch_size: int, pad_id: int) -> dict[str, Any]:
+def token_loss(model, examples: list[dict[str, list[int]]], *, batch_size: int, pad_id: int,
+               chunk_tokens: int = 0) -> dict[str, Any]:
     import torch
 
     if not examples:
@@ -43,7 +44,7 @@ def token_loss(model, examples: list[dict[str, list[int]]], *, batch_size: int, 
         with torch.no_grad():
             for start in range(0, len(examples), batch_size):
                 batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
-                loss_sum, scored = scored_loss_sum(model, batch)
+                loss_sum, scored = scored_loss_sum(model, batch, chunk_tokens)
                 total += loss_sum.item()
                 count += scored
     finally:
@@ -145,7 +146,8 @@ def evaluate(model, tokenizer, store, config) -> dict[str, Any]:
         if not enc.examples:
             raise AssayError(f"train: reference set {manifest.ref} has no record with a response to score")
         out["reference"] = {"version": manifest.id, "ref": manifest.ref,
-                            **token_loss(model, enc.examples, batch_size=config.eval_batch_size, pad_id=pad)}
+                            **token_loss(model, enc.examples, batch_size=config.eval_batch_size, pad_id=pad,
+                                       chunk_tokens=config.loss_chunk_tokens)}
         if config.rouge_records:
             rows = frame.head(config.rouge_records).select("instruction", "input", "output", "messages").to_dicts()
             out["reference"].update(rouge_on_reference(model, tokenizer, rows, config))
@@ -165,7 +167,8 @@ def evaluate(model, tokenizer, store, config) -> dict[str, Any]:
 def text_perplexity(model, tokenizer, texts: list[str], config) -> dict[str, Any]:
     """Perplexity on plain texts, every token scored (the contamination and forgetting probes)."""
     examples = [e for e in (encode_text(tokenizer, t, config.max_seq_len) for t in texts) if e]
-    return token_loss(model, examples, batch_size=config.eval_batch_size, pad_id=tokenizer.pad_token_id)
+    return token_loss(model, examples, batch_size=config.eval_batch_size, pad_id=tokenizer.pad_token_id,
+                      chunk_tokens=config.loss_chunk_tokens)
 
 
 def flat_metrics(evals: dict[str, Any]) -> dict[str, float]:

@@ -5,6 +5,13 @@ A causal LM's output layer is the costliest part of a small model's step: SmolLM
 scored (labels != -100), so the hidden states are gathered at those positions first and the output
 layer runs on them alone: the same loss, with the output layer's work cut by the share of prompt
 tokens (over half, for typical instruction data).
+
+With `chunk_tokens`, the output layer and the cross-entropy run a chunk of scored tokens at a time,
+and each chunk's gradients are taken right there (`ChunkedLinearCrossEntropy`): a chunk's logits
+stay in the CPU's cache instead of a (tokens x 49k) matrix going through memory three times
+(logits, softmax, their gradient). The loss and the gradients are the same sums; only the order of
+the work changes. This is the chunked loss of torchtune and Liger-Kernel's fused linear
+cross-entropy, written for the CPU (Liger's is Triton, GPU only).
 """
 
 from __future__ import annotations
@@ -23,9 +30,94 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def scored_loss_sum(model, batch: dict):
-    """(sum of token losses, number of scored tokens) for a batch with `labels`."""
+def _chunked_function():
+    import torch
+
+    class ChunkedLinearCrossEntropy(torch.autograd.Function):
+        """sum over tokens of cross_entropy(hidden @ weight.T, targets), in chunks of tokens.
+
+        The gradients with respect to hidden (and weight, when it is trained) are computed in the
+        forward pass, chunk by chunk, while the chunk's logits are at hand; backward only scales them.
+        One scratch matrix (chunk x vocabulary) is reused for every chunk and every step: on the
+        CPU, a fresh matrix of that size costs more in page faults than the exp over it.
+        """
+
+        scratch: dict = {}
+
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, chunk: int, grad_enabled: bool):
+            # forward runs with autograd off, so whether gradients will be wanted is passed in
+            need_hidden = grad_enabled and ctx.needs_input_grad[0]
+            need_weight = grad_enabled and ctx.needs_input_grad[1]
+            ctx.weight_dtype = weight.dtype
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if need_hidden else None
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+            work = ChunkedLinearCrossEntropy._scratch(min(chunk, hidden.shape[0]), weight.shape[0], hidden.device)
+            for start in range(0, hidden.shape[0], chunk):
+                h, t = hidden[start:start + chunk], targets[start:start + chunk]
+                rows = torch.arange(len(t), device=t.device)
+                logits = work[:len(t)]
+                if h.dtype == weight.dtype == torch.float32:
+                    torch.mm(h, weight.t(), out=logits)
+                else:  # half precision (autocast on a GPU): the product is cast into the float32 scratch
+                    logits.copy_(h @ weight.t().to(h.dtype))
+                # log-sum-exp with one exp pass, whose result is then the softmax: stable (the row's
+                # maximum is taken out first) and in place
+                top = logits.amax(dim=1)
+                target_logit = logits[rows, t] - top
+                sums = logits.sub_(top[:, None]).exp_().sum(dim=1)
+                total += (sums.log() - target_logit).sum()
+                if need_hidden or need_weight:
+                    # d(loss)/d(logits) = softmax - one_hot(target)
+                    probs = logits.div_(sums[:, None])
+                    probs[rows, t] -= 1.0
+                    probs = probs.to(h.dtype)
+                    if need_hidden:
+                        grad_hidden[start:start + chunk] = probs @ weight.to(h.dtype)
+                    if need_weight:
+                        grad_weight.addmm_(probs.t().float(), h.float())
+            ctx.save_for_backward(grad_hidden, grad_weight)
+            return total
+
+        @staticmethod
+        def _scratch(rows: int, vocab: int, device):
+            if device.type != "cpu":  # the GPU's caching allocator already reuses the memory
+                return torch.empty(rows, vocab, dtype=torch.float32, device=device)
+            have = ChunkedLinearCrossEntropy.scratch.get(vocab)
+            if have is None or have.shape[0] < rows:
+                have = ChunkedLinearCrossEntropy.scratch[vocab] = torch.empty(rows, vocab, dtype=torch.float32)
+            return have
+
+        @staticmethod
+        def backward(ctx, grad_total):
+            grad_hidden, grad_weight = ctx.saved_tensors
+            return (grad_hidden * grad_total if grad_hidden is not None else None,
+                    (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None,
+                    None, None, None)
+
+    return ChunkedLinearCrossEntropy
+
+
+_CHUNKED = None
+
+
+def linear_cross_entropy_sum(hidden, lm_head, targets, chunk_tokens: int = 0):
+    """Sum of the cross-entropy of `lm_head(hidden)` against `targets` (hidden: scored positions only)."""
+    import torch
     import torch.nn.functional as F
+
+    global _CHUNKED
+    if chunk_tokens <= 0 or getattr(lm_head, "bias", None) is not None or not hasattr(lm_head, "weight"):
+        return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+    if _CHUNKED is None:
+        _CHUNKED = _chunked_function()
+    return _CHUNKED.apply(hidden, lm_head.weight, targets, chunk_tokens, torch.is_grad_enabled())
+
+
+def scored_loss_sum(model, batch: dict, chunk_tokens: int = 0):
+    """(sum of token losses, number of scored tokens) for a batch with `labels`; `chunk_tokens` > 0
+    runs the output layer and the loss that many tokens at a time (ChunkedLinearCrossEntropy)."""
 
     lm = causal_lm(model)
     inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
@@ -34,19 +126,18 @@ def scored_loss_sum(model, batch: dict):
     hidden = lm.model(**inputs, use_cache=False).last_hidden_state  # (batch, seq, hidden)
     targets = batch["labels"][:, 1:]  # position t predicts token t+1
     keep = targets != IGNORE
-    logits = lm.lm_head(hidden[:, :-1][keep])
-    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    loss = linear_cross_entropy_sum(hidden[:, :-1][keep], lm.lm_head, targets[keep], chunk_tokens)
     return loss, int(keep.sum())
 
 
-def scored_tokens_trainer():
+def scored_tokens_trainer(chunk_tokens: int = 0):
     """transformers' Trainer whose loss runs the output layer on the response tokens only (a
     factory: transformers is imported when a run starts, not when the package is)."""
     from transformers import Trainer
 
     class ScoredTokensTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            total, count = scored_loss_sum(model, inputs)
+            total, count = scored_loss_sum(model, inputs, chunk_tokens)
             # num_items_in_batch: scored tokens over all the accumulated batches of this step, so
             # the step's loss is the mean over its tokens, however they fall into batches
             loss = total / (num_items_in_batch if num_items_in_batch is not None else max(count, 1))

@@ -109,7 +109,7 @@ def create(version: Annotated[str, typer.Argument(help="version to annotate (id,
            annotators: Annotated[Optional[str], typer.Option("--annotators", help="comma-separated user names (default: everyone)")] = None,
            reasons: Annotated[Optional[str], typer.Option("--reasons", help="comma-separated reasons annotators may tick")] = None,
            categories: Annotated[Optional[str], typer.Option("--categories", help="comma-separated categories, one picked per record")] = None,
-           allow_edit: Annotated[bool, typer.Option("--allow-edit", help="annotators may edit instruction, input and output")] = False,
+           allow_edit: Annotated[bool, typer.Option("--allow-edit", help="annotators may edit instruction, input and output (a chat record: its turns' text)")] = False,
            as_json: JsonFlag = False) -> None:
     """Create an annotation session over a version."""
 

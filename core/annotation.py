@@ -133,7 +133,7 @@ CREATE TABLE IF NOT EXISTS ann_log (
 
 ROLES = ("admin", "annotator")
 LABELS = ("accept", "reject")
-EDIT_FIELDS = ("instruction", "input", "output")
+EDIT_FIELDS = ("instruction", "input", "output")  # an Alpaca record's; a chat record's edit is its "messages"
 # scrypt cost: 2**14 x 8 x 1 is the interactive-login setting of the scrypt paper (~16 MB, ~50 ms)
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
 MIN_PASSWORD = 8
@@ -547,21 +547,46 @@ def decide(store: Store, actor: User, session: str, record: str, label: str, *, 
             "decided_at": now}
 
 
-def _check_edit(store: Store, s, item, schema: LabelSchema, label: str, edit: dict[str, str]) -> str | None:
+def _check_edit(store: Store, s, item, schema: LabelSchema, label: str, edit: dict[str, Any]) -> str | None:
     if not schema.allow_edit:
         raise AssayError(f"session {s['name']} does not allow edits")
     if label != "accept":
         raise AssayError("an edit goes with accept (a rejected record is left out whatever its text)")
-    unknown = set(edit) - set(EDIT_FIELDS)
-    if unknown:
-        raise AssayError(f"edit: unknown fields {sorted(unknown)}; editable: {', '.join(EDIT_FIELDS)}")
     current = _current_content(store, s["version_id"], item)
-    if current.get("messages") is not None:
-        raise AssayError(f"record {item['record_id'][:12]} is a chat record: editing chat turns is not supported")
-    merged = {f: str(edit.get(f, current[f])) for f in EDIT_FIELDS}
-    if merged == {f: current[f] for f in EDIT_FIELDS}:
+    merged = _merged_edit(current, edit, item["record_id"])
+    if merged == _editable(current):
         return None  # an "edit" that changes nothing is a plain accept
     return dump_json(merged)
+
+
+def _editable(record: dict[str, Any]) -> dict[str, Any]:
+    """The part of a record an edit replaces: instruction/input/output, or a chat record's turns."""
+    if record.get("messages") is not None:
+        return {"messages": [{"role": m["role"], "content": m["content"]} for m in record["messages"]]}
+    return {f: record[f] for f in EDIT_FIELDS}
+
+
+def _merged_edit(current: dict[str, Any], edit: dict[str, Any], record: str) -> dict[str, Any]:
+    """The record's editable content with `edit` applied. An Alpaca record takes any of
+    instruction/input/output; a chat record takes `messages`: its turns with new text, the same
+    roles in the same order (an edit corrects what was said, it does not change who speaks)."""
+    base = _editable(current)
+    if "messages" not in base:
+        unknown = set(edit) - set(EDIT_FIELDS)
+        if unknown:
+            raise AssayError(f"edit: unknown fields {sorted(unknown)}; editable: {', '.join(EDIT_FIELDS)}")
+        return {f: str(edit.get(f, base[f])) for f in EDIT_FIELDS}
+    if set(edit) - {"messages"}:
+        raise AssayError(f"record {record[:12]} is a chat record: edit its turns as 'messages' "
+                         f"(got {', '.join(sorted(set(edit) - {'messages'}))})")
+    turns = edit.get("messages", base["messages"])
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and "content" in t for t in turns):
+        raise AssayError("edit: messages must be a list of {role, content} turns")
+    roles = [t.get("role") for t in turns]
+    if roles != [m["role"] for m in base["messages"]]:
+        raise AssayError(f"edit of chat record {record[:12]}: the turns must keep their roles and order "
+                         f"({', '.join(m['role'] for m in base['messages'])}); got {', '.join(map(str, roles))}")
+    return {"messages": [{"role": t["role"], "content": str(t["content"])} for t in turns]}
 
 
 def _current_content(store: Store, version_id: str, item) -> dict[str, Any]:
@@ -583,19 +608,14 @@ def _admin_item(conn, actor: User, session: str, record: str, what: str):
     return s, item
 
 
-def edit_record(store: Store, actor: User, session: str, record: str, **fields: str) -> int:
-    """An admin changes a record's text in the session; the revision goes up, so decisions made on
-    the old text are refused and the record comes back to the annotators who decided it."""
+def edit_record(store: Store, actor: User, session: str, record: str, **fields: Any) -> int:
+    """An admin changes a record's text in the session (instruction/input/output, or a chat
+    record's `messages`); the revision goes up, so decisions made on the old text are refused and
+    the record comes back to the annotators who decided it."""
     _schema(store)
-    unknown = set(fields) - set(EDIT_FIELDS)
-    if unknown:
-        raise AssayError(f"edit: unknown fields {sorted(unknown)}; editable: {', '.join(EDIT_FIELDS)}")
     with store.catalog.write() as conn:
         s, item = _admin_item(conn, actor, session, record, "edit records")
-        current = _current_content(store, s["version_id"], item)
-        if current.get("messages") is not None:
-            raise AssayError(f"record {record[:12]} is a chat record: editing chat turns is not supported")
-        merged = {f: str(fields.get(f, current[f])) for f in EDIT_FIELDS}
+        merged = _merged_edit(_current_content(store, s["version_id"], item), fields, record)
         conn.execute("UPDATE ann_items SET edit = ?, revision = revision + 1, edited_by = ?, edited_at = ?"
                      " WHERE session = ? AND record_id = ?", (dump_json(merged), actor.name, _now(), s["id"], record))
         _log(conn, actor, "edit_record", s["id"], {"record": record, "revision": item["revision"] + 1})
@@ -620,9 +640,14 @@ def release_claims(store: Store, actor: User, session: str, annotator: str) -> i
 
 
 # ---- outcomes, conflicts, agreement -----------------------------------------------------------
-def _snapshot(conn, sid: str) -> tuple[dict[str, Any], dict[str, list[dict]], dict[str, Any]]:
-    """Items, current decisions by record (made at the record's current revision), resolutions."""
-    items = {r["record_id"]: dict(r) for r in conn.execute("SELECT * FROM ann_items WHERE session = ?", (sid,))}
+def _snapshot(conn, sid: str, every_item: bool = False) -> tuple[dict[str, Any], dict[str, list[dict]], dict[str, Any]]:
+    """Items, current decisions by record (made at the record's current revision), resolutions.
+    The items are those with a decision (at any revision) or a resolution, unless `every_item`: a
+    session of a million records mostly undecided need not come into Python to be counted."""
+    items = {r["record_id"]: dict(r) for r in conn.execute(
+        "SELECT * FROM ann_items WHERE session = ?" if every_item else
+        "SELECT * FROM ann_items WHERE session = ?1 AND record_id IN (SELECT record_id FROM ann_decisions"
+        " WHERE session = ?1 UNION SELECT record_id FROM ann_resolutions WHERE session = ?1)", (sid,))}
     current: dict[str, list[dict]] = {}
     for r in conn.execute("SELECT d.* FROM ann_decisions d JOIN ann_items i ON i.session = d.session AND"
                           " i.record_id = d.record_id WHERE d.session = ? AND d.revision = i.revision"
@@ -787,12 +812,14 @@ def status(store: Store, actor: User, session: str) -> dict[str, Any]:
             people = [actor.name]
         per = {name: _progress(conn, sid, name) for name in people}
         snapshot = _snapshot(conn, sid) if role == "admin" else None
+        total = conn.execute("SELECT COUNT(*) FROM ann_items WHERE session = ?", (sid,)).fetchone()[0]
     out: dict[str, Any] = {"session": Session.from_row(s).summary(), "annotators": per}
     if snapshot is not None:
         items, current, resolutions = snapshot
         states = [_outcome(current.get(rid, []), resolutions.get(rid))["state"] for rid in items]
         out["records"] = {k: states.count(k) for k in ("undecided", "agreed", "conflict", "resolved")}
-        out["records"]["total"] = len(items)
+        out["records"]["undecided"] += total - len(items)  # the records nobody has decided yet
+        out["records"]["total"] = total
         out["records"]["complete"] = sum(1 for rid in items if len(current.get(rid, [])) >= s["overlap"])
         out["decisions"] = sum(len(ds) for ds in current.values())
     return out
@@ -841,7 +868,7 @@ def finalize(store: Store, actor: User, session: str, *, name: str | None = None
         if s["status"] == "closing" and not resume:
             raise AssayError(f"session {s['name']}: a finalize started at {s['closing_at'][:19]} did not finish; "
                              "if no other finalize is running, run it again with --resume")
-        items, current, resolutions = _snapshot(conn, s["id"])
+        items, current, resolutions = _snapshot(conn, s["id"], every_item=True)
         outcomes = {rid: _outcome(current.get(rid, []), resolutions.get(rid)) for rid in items}
         states = [o["state"] for o in outcomes.values()]
         if states.count("conflict"):
@@ -909,7 +936,7 @@ def _edited_row(store: Store, manifest: Manifest, row: int, content: dict[str, s
     meta["annotation"] = {"session": sid, "editor": editor, "edited_from": original["id"]}
     new = {**original, **content, "generator": "annotation", "parent_ids": [original["id"]],
            "metadata": dump_json(meta)}
-    new["id"] = record_id(new["instruction"], new["input"], new["output"], None)
+    new["id"] = record_id(new["instruction"], new["input"], new["output"], new["messages"])
     return new
 
 

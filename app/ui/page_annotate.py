@@ -68,11 +68,23 @@ def show_record(record: dict, *, compact: bool = False) -> None:
                 expanded=True)
 
 
+def _edit_text(edit: dict) -> str:
+    """What an edit changed the record to, as plain text: the output, or every chat turn."""
+    if "messages" in edit:
+        return "\n\n".join(f"[{m['role']}] {m['content']}" for m in edit["messages"])
+    return edit["output"]
+
+
 # ---- the annotator's queue ----------------------------------------------------------------------
-def _decide(sid: str, rid: str, revision: int, label: str, key: str, editable: bool) -> None:
+def _decide(sid: str, rid: str, revision: int, label: str, key: str, editable: bool,
+            roles: tuple[str, ...] | None = None) -> None:
+    """roles: a chat record's turns, whose text areas are edit-msg-<i>-<key>"""
     state = st.session_state
     edit = None
-    if editable and label == "accept":
+    if editable and label == "accept" and roles is not None:
+        if all(f"edit-msg-{i}-{key}" in state for i in range(len(roles))):
+            edit = {"messages": [{"role": r, "content": state[f"edit-msg-{i}-{key}"]} for i, r in enumerate(roles)]}
+    elif editable and label == "accept":
         edit = {f: state[f"edit-{f}-{key}"] for f in annotation.EDIT_FIELDS if f"edit-{f}-{key}" in state}
     _act(lambda: annotation.decide(get_store(), _actor(), sid, rid, label, revision=revision,
                                    reasons=state.get(f"reasons-{key}") or [], category=state.get(f"cat-{key}"),
@@ -110,16 +122,22 @@ def annotate_view(store, actor, session: annotation.Session) -> None:
         st.pills("Reasons", schema.reasons, selection_mode="multi", key=f"reasons-{key}")
     if schema.categories:
         st.radio("Category", schema.categories, index=None, horizontal=True, key=f"cat-{key}")
-    editable = schema.allow_edit and not item.record.get("messages")
+    editable = schema.allow_edit
+    turns = item.record.get("messages")
+    roles = tuple(m["role"] for m in turns) if turns else None
     if editable:
         with st.expander("Edit before accepting"):
-            for f in annotation.EDIT_FIELDS:
-                st.text_area(f.capitalize(), value=item.record[f], key=f"edit-{f}-{key}")
+            if turns:  # a chat record: each turn's text, the roles stay
+                for i, m in enumerate(turns):
+                    st.text_area(f"Turn {i + 1}: {m['role']}", value=m["content"], key=f"edit-msg-{i}-{key}")
+            else:
+                for f in annotation.EDIT_FIELDS:
+                    st.text_area(f.capitalize(), value=item.record[f], key=f"edit-{f}-{key}")
     left, right, _ = st.columns([1, 1, 4])
     left.button("Accept", key=f"accept-{key}", type="primary", shortcut="a", on_click=_decide,
-                args=(session.id, item.record_id, item.revision, "accept", key, editable))
+                args=(session.id, item.record_id, item.revision, "accept", key, editable, roles))
     right.button("Reject", key=f"reject-{key}", shortcut="x", on_click=_decide,
-                 args=(session.id, item.record_id, item.revision, "reject", key, editable))
+                 args=(session.id, item.record_id, item.revision, "reject", key, editable, roles))
     st.caption("Keyboard: A accepts, X rejects (R is Streamlit's own rerun key). Each decision is saved the "
                "moment you make it; closing the browser and coming back resumes here.")
 
@@ -204,7 +222,7 @@ def conflicts_view(store, actor, session: annotation.Session) -> None:
                 reasons = f" ({', '.join(d['reasons'])})" if d["reasons"] else ""
                 st.text(f"{d['annotator']}: {d['label']}{reasons}" + (" with an edit:" if d["edit"] else ""))
                 if d["edit"]:
-                    st.code(d["edit"]["output"], language=None, wrap_lines=True)
+                    st.code(_edit_text(d["edit"]), language=None, wrap_lines=True)
             if c["resolution"]:
                 r = c["resolution"]
                 st.info(auth.md_text(f"Resolved: {r['label']} by {r['resolved_by']}"
@@ -231,7 +249,8 @@ def new_session_view(store, actor) -> None:
     st.number_input("Annotators per record (overlap)", min_value=1, value=1, step=1, key="ann_new_overlap")
     st.text_input("Reasons annotators may tick (comma-separated)", key="ann_new_reasons")
     st.text_input("Categories, one picked per record (comma-separated)", key="ann_new_categories")
-    st.checkbox("Annotators may edit instruction, input and output", key="ann_new_edit")
+    st.checkbox("Annotators may edit records (instruction, input, output; a chat record's turns)",
+                key="ann_new_edit")
 
     def create():  # reads the values sent with the click (see sessions_view)
         v = st.session_state

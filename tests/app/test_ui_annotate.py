@@ -108,6 +108,24 @@ def test_a_decision_on_a_record_the_admin_changed_is_refused_in_the_page(ws):
     assert [(d["label"], d["revision"]) for d in A.export_decisions(ws, A.OPERATOR, s.id)] == [("accept", 1)]
 
 
+def test_a_chat_record_is_edited_turn_by_turn_in_the_page(ws):
+    turns = [{"role": "user", "content": "capital of France?"}, {"role": "assistant", "content": "<i>Lyon</i>"}]
+    chat = Record(messages=turns).to_row()
+    with VersionWriter(ws, "c", "import", {}) as w:
+        w.add_table(rows_to_table([chat]))
+    s = A.create_session(ws, A.OPERATOR, "c", schema=A.LabelSchema(allow_edit=True))
+    at = page_as("ann1")
+    assert not at.exception
+    assert "<i>Lyon</i>" in texts(at)  # the turn is drawn as text
+    areas = {a.label: a for a in at.text_area}
+    assert list(areas) == ["Turn 1: user", "Turn 2: assistant"]
+    areas["Turn 2: assistant"].input("Paris")
+    at = click(at.run(), "Accept")
+    assert not at.exception
+    [decision] = A.export_decisions(ws, A.OPERATOR, s.id)
+    assert decision["edit"] == {"messages": [turns[0], {"role": "assistant", "content": "Paris"}]}
+
+
 def test_admin_sees_agreement_resolves_and_finalises(ws):
     s = A.create_session(ws, A.OPERATOR, "t", overlap=2)
     for name, plan in (("ann1", ["accept", "accept", "reject", "accept"]),

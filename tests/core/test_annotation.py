@@ -166,9 +166,14 @@ def test_a_decision_on_a_record_an_admin_changed_is_refused(store, team):
     assert again1.record_id == again2.record_id == seen_by_1.record_id
     assert again1.revision == 1 and again1.record["output"] == "corrected by the admin"
     assert A.export_decisions(store, boss, s.id)[0]["current"] is False
+    # a decision on an older revision does not count: the record is undecided again, like the two
+    # records nobody has opened
+    counts = A.status(store, boss, s.id)["records"]
+    assert (counts["undecided"], counts["agreed"], counts["total"], counts["complete"]) == (3, 0, 3, 0)
     A.decide(store, ann1, s.id, again1.record_id, "accept", revision=1)
     A.decide(store, ann2, s.id, again2.record_id, "accept", revision=1)
-    assert A.status(store, boss, s.id)["records"]["agreed"] == 1
+    counts = A.status(store, boss, s.id)["records"]
+    assert (counts["undecided"], counts["agreed"], counts["total"], counts["complete"]) == (2, 1, 3, 1)
 
 
 def test_fleiss_kappa_matches_the_textbook_example():
@@ -231,6 +236,42 @@ def test_agreement_conflicts_resolve_and_finalize(store, team, workspace):
         A.finalize(store, boss, s.id)
     with pytest.raises(AssayError, match="cannot be deleted"):
         A.delete_session(store, boss, s.id)
+
+
+def test_chat_records_are_edited_turn_by_turn(store, team):
+    boss, ann1, _ = team
+    turns = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "capital of France?"},
+             {"role": "assistant", "content": "Lyon"}]
+    chat = Record(messages=turns).to_row()
+    other = Record(messages=[{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]).to_row()
+    source = make_version(store, 0, extra_rows=[chat, other])
+    s = A.create_session(store, boss, "t", schema=A.LabelSchema(allow_edit=True))
+    fixed = [dict(t) for t in turns]
+    fixed[2]["content"] = "Paris"
+    item = A.next_item(store, ann1, s.id)
+    assert item.record_id == chat["id"]
+    with pytest.raises(AssayError, match="is a chat record: edit its turns as 'messages' \\(got output\\)"):
+        A.decide(store, ann1, s.id, item.record_id, "accept", revision=0, edit={"output": "Paris"})
+    with pytest.raises(AssayError, match="must keep their roles and order \\(system, user, assistant\\)"):
+        A.decide(store, ann1, s.id, item.record_id, "accept", revision=0, edit={"messages": fixed[1:]})
+    A.decide(store, ann1, s.id, item.record_id, "accept", revision=0, edit={"messages": fixed})
+    assert A.export_decisions(store, boss, s.id)[0]["edit"] == {"messages": fixed}
+    # an admin's edit of the other chat record: the revision goes up and the annotator sees the new text
+    second = A.next_item(store, ann1, s.id)
+    A.edit_record(store, boss, s.id, second.record_id,
+                  messages=[{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "2+2 = 4"}])
+    again = A.next_item(store, ann1, s.id)
+    assert again.revision == 1 and again.record["messages"][1]["content"] == "2+2 = 4"
+    A.decide(store, ann1, s.id, again.record_id, "accept", revision=1)
+    result = A.finalize(store, boss, s.id)
+    assert result["params"]["edited"] == 2 and result["parents"] == [source.id]
+    rows = {r["parent_ids"][0]: r for r in store.read(store.resolve("t")).to_dicts()}
+    edited = rows[chat["id"]]
+    assert edited["messages"] == fixed and edited["generator"] == "annotation"
+    # the new record's id is the hash of its new content, as an import of that content would give
+    assert edited["id"] == Record(messages=fixed).id != chat["id"]
+    assert rows[other["id"]]["messages"][1]["content"] == "2+2 = 4"
+    assert store.verify()["ok"]
 
 
 def test_finalize_refuses_undecided_unless_asked_and_sessions_over_a_filter(store, team):

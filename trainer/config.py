@@ -62,6 +62,10 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed for model init, LoRA init, shuffling and dropout"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU)"})
     use_cpu: bool = field(default=True, metadata={"help": "train on the CPU even when a GPU is present"})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
+        "help": "experiment trackers the transformers Trainer logs to: tensorboard (event files in the "
+                "run's tensorboard/ folder: `tensorboard --logdir WORKSPACE/runs/train`), mlflow, wandb, "
+                "... (installed separately, set up by their own environment variables); [] for none"})
     logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps (the curve)"})
     save_steps: int = field(default=10, metadata={
         "help": "checkpoint every N steps (a killed run resumes from the last one)"})
@@ -101,6 +105,8 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        if isinstance(self.report_to, str):  # -o report_to=mlflow
+            self.report_to = [self.report_to] if self.report_to else []
         if self.method not in METHODS:
             raise AssayError(f"train: unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         for name in ("batch_size", "grad_accum", "max_seq_len", "lora_r", "logging_steps", "save_steps",

@@ -139,11 +139,21 @@ def _check(store: Store, version_ref: str, config: TrainConfig) -> Manifest:
                              f"{torch.__version__} sees no CUDA GPU here: use --preset cpu-demo, or -o use_cpu=true")
     elif config.bf16:
         raise AssayError("train: bf16 is for GPU training; on the CPU use bf16=false")
+    _check_trackers(config)
     _check_model(config)
     # the tokenizer loads from the same place as the model: a model that cannot be found fails
     # here, before the run is recorded, not after
     load_tokenizer(config, store.root)
     return manifest
+
+
+def _check_trackers(config: TrainConfig) -> None:
+    from transformers.integrations import get_available_reporting_integrations
+
+    missing = sorted(set(config.report_to) - set(get_available_reporting_integrations()))
+    if missing:
+        raise AssayError(f"train: report_to names {', '.join(missing)}, which transformers cannot find here "
+                         f"(not installed, or not a tracker it knows): install it, or use -o report_to=[]")
 
 
 def _check_model(config: TrainConfig) -> None:
@@ -246,8 +256,16 @@ def _fit(store: Store, manifest: Manifest, config: TrainConfig, out: Path, *, re
         num_train_epochs=config.epochs, max_steps=config.max_steps or -1, lr_scheduler_type="linear",
         warmup_steps=float(config.warmup_ratio), weight_decay=config.weight_decay, logging_steps=config.logging_steps,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=2, seed=config.seed,
-        data_seed=config.seed, bf16=config.bf16, use_cpu=config.use_cpu, report_to=[],
+        data_seed=config.seed, bf16=config.bf16, use_cpu=config.use_cpu,
+        report_to=[name for name in config.report_to if name != "tensorboard"],
         disable_tqdm=not interactive, dataloader_num_workers=0, remove_unused_columns=False)
+    if "tensorboard" in config.report_to:
+        # transformers' own TensorBoard callback, with the event files in the run's folder rather
+        # than under checkpoints/runs/<time>_<host>
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks = [*callbacks, TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tensorboard")))]
     varlen = config.padding_free and config.varlen_attention
     if varlen:
         from .attention import use_varlen
@@ -293,6 +311,8 @@ def _fit(store: Store, manifest: Manifest, config: TrainConfig, out: Path, *, re
     _write_json(out / "log_history.json", logs)
     return {"metrics": metrics, "curve": curve, "eval": evals, "warnings": warnings,
             "weights_path": str(weights.relative_to(store.root)), "device": str(trainer.args.device),
+            "tensorboard_path": str((out / "tensorboard").relative_to(store.root))
+            if "tensorboard" in config.report_to else None,
             "torch": torch.__version__}
 
 

@@ -198,5 +198,8 @@ else:
         st.altair_chart(chart, width="stretch")
     if run.get("metrics"):
         st.dataframe([{"metric": k, "value": str(v)} for k, v in run["metrics"].items()], hide_index=True)
+    if run.get("tensorboard_path"):
+        st.caption("TensorBoard events of this run (every run's, with the workspace's runs/train folder):")
+        st.code(f"tensorboard --logdir {Path(store.root) / run['tensorboard_path']}", language="bash")
     if run.get("error"):
         st.code(run["error"], language=None)

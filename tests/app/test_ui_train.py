@@ -5,6 +5,7 @@ shown side by side: both runs' metrics with the delta, the data diff, the runs l
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -80,3 +81,6 @@ def test_compare_job_and_result_side_by_side(app_workspace, shared_data, tmp_pat
     assert set(runs["run"]) == {result["runs"]["a"]["run_id"], result["runs"]["b"]["run_id"]}
     specs = [c.proto.spec for c in at.get("vega_lite_chart")]
     assert any('"training loss (response tokens)"' in s for s in specs)
+    # and where the chosen run's TensorBoard events are (a folder that exists)
+    [command] = [c.value for c in at.code if c.value.startswith("tensorboard --logdir ")]
+    assert Path(command.removeprefix("tensorboard --logdir ")).is_dir()

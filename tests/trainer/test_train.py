@@ -38,6 +38,14 @@ def test_cpu_smoke_lowers_the_loss_and_records_the_run(ws):
     assert m["reference_loss"] < 10.0 and m["reference_perplexity"] > 1
     assert m["benchmark_perplexity/gsm8k_test"] > 1
     assert m["forgetting_perplexity"] > 1 and run["eval"]["forgetting"]["items"] == 8
+    # the run's TensorBoard events (transformers' own callback, the default tracker) hold the curve
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(ws.root) / run["tensorboard_path"]))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [step for step, _ in logged] == [p["step"] for p in run["curve"]]
+    assert [v for _, v in logged] == pytest.approx(losses, rel=1e-5)
     assert m["train_tokens_per_s"] > 0 and m["wall_time_s"] > 0
     # ROUGE-L: the mean of the kept generations' scores, each recomputable from what is kept
     from assay.pipelines.self_instruct import rouge_l
@@ -92,6 +100,13 @@ def test_only_response_tokens_are_scored(ws):
     # a prompt that fills max_seq_len leaves nothing to learn: the record is skipped, and counted
     enc = encode_frame(tok, ws.read("small").head(4), max_len=8)
     assert enc.skipped == 4 and not enc.examples
+
+
+def test_an_unknown_or_missing_tracker_is_refused_before_the_run(ws):
+    runs_before = len(list_runs(ws))
+    with pytest.raises(AssayError, match="report_to names no-such-tracker, which transformers cannot find here"):
+        train(ws, "small", quick(report_to="no-such-tracker"))
+    assert len(list_runs(ws)) == runs_before  # nothing recorded
 
 
 def test_padding_free_batches_score_like_padded_batches(ws):

@@ -31,6 +31,8 @@ def causal_lm(model):
 
 
 def _chunked_function():
+    import threading
+
     import torch
 
     class ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -42,7 +44,7 @@ def _chunked_function():
         CPU, a fresh matrix of that size costs more in page faults than the exp over it.
         """
 
-        scratch: dict = {}
+        scratch = threading.local()  # per thread: two trainings in one process must not share it
 
         @staticmethod
         def forward(ctx, hidden, weight, targets, chunk: int, grad_enabled: bool):
@@ -84,9 +86,10 @@ def _chunked_function():
         def _scratch(rows: int, vocab: int, device):
             if device.type != "cpu":  # the GPU's caching allocator already reuses the memory
                 return torch.empty(rows, vocab, dtype=torch.float32, device=device)
-            have = ChunkedLinearCrossEntropy.scratch.get(vocab)
+            mine = ChunkedLinearCrossEntropy.scratch.__dict__.setdefault("by_vocab", {})
+            have = mine.get(vocab)
             if have is None or have.shape[0] < rows:
-                have = ChunkedLinearCrossEntropy.scratch[vocab] = torch.empty(rows, vocab, dtype=torch.float32)
+                have = mine[vocab] = torch.empty(rows, vocab, dtype=torch.float32)
             return have
 
         @staticmethod

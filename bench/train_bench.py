@@ -159,7 +159,8 @@ def main() -> None:
     ap.add_argument("--loss-chunk", type=int, default=-1,
                     help="assay: scored tokens per output-layer/loss chunk (TrainConfig.loss_chunk_tokens; "
                          "-1: the cpu presets' default on the CPU, the gpu preset's on CUDA; 0: no chunks)")
-    ap.add_argument("--bf16-base", action="store_true", help="assay: frozen base weights in bf16 (LoRA)")
+    ap.add_argument("--bf16-base", action="store_true",
+                    help="assay: frozen base weights in bf16 (LoRA), as TrainConfig.base_dtype=bfloat16")
     ap.add_argument("--no-cudnn-sdp", action="store_true", help="keep SDPA off the cuDNN kernels")
     ap.add_argument("--sides", default="baseline,assay")
     ap.add_argument("--rounds", type=int, default=3, help="measure both sides this many times, alternating")
@@ -203,7 +204,9 @@ def main() -> None:
             from assay.trainer.config import TrainConfig
             from assay.trainer.models import load_model
 
-            model = load_model(TrainConfig.from_preset("cpu-smoke"), "/tmp/assay-train-bench-ws", tokenizer)
+            base_dtype = "bfloat16" if side == "assay" and args.bf16_base else "float32"
+            model = load_model(TrainConfig.from_preset("cpu-smoke", base_dtype=base_dtype, method="lora"),
+                               "/tmp/assay-train-bench-ws", tokenizer)
         return model
 
     machine = (torch.cuda.get_device_name(0) if args.device == "cuda"

@@ -17,6 +17,7 @@ SMOLLM2_GGUF = "smollm2-gguf"
 # a tiny Llama built from a config (random weights) with SmolLM2's tokenizer and chat template
 TINY_LLAMA = "tiny-llama"
 METHODS = ("lora", "full")
+BASE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -29,6 +30,10 @@ class TrainConfig:
                 "or a Hugging Face model id / local folder"})
     method: str = field(default="lora", metadata={
         "help": "lora (peft LoRA adapter; the base stays frozen) or full (every weight; small models)"})
+    base_dtype: str = field(default="float32", metadata={
+        "help": "dtype of the base model's weights: float32, or bfloat16 with LoRA (the frozen base in "
+                "half the memory; the adapter stays float32). On a CPU with bf16 instructions "
+                "(AVX512-BF16, AMX) its matmuls run ~2.7x faster than float32; a SmolLM2 LoRA step ~1.2x"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (the update is scaled by alpha/r)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
@@ -109,6 +114,12 @@ class TrainConfig:
             self.report_to = [self.report_to] if self.report_to else []
         if self.method not in METHODS:
             raise AssayError(f"train: unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.base_dtype not in BASE_DTYPES:
+            raise AssayError(f"train: unknown base_dtype {self.base_dtype!r}: use one of {', '.join(BASE_DTYPES)}")
+        if self.base_dtype != "float32" and self.method != "lora":
+            # the optimizer would step bfloat16 weights directly: small updates round away
+            raise AssayError(f"train: base_dtype={self.base_dtype} is for LoRA (a frozen base); full fine-tuning "
+                             "keeps float32 weights (use bf16=true on a GPU for mixed precision)")
         for name in ("batch_size", "grad_accum", "max_seq_len", "lora_r", "logging_steps", "save_steps",
                      "eval_batch_size", "flat_multiple_of", "max_new_tokens", "forgetting_items",
                      "humaneval_max_new_tokens"):

@@ -104,11 +104,13 @@ def load_tokenizer(config: TrainConfig, workspace: str | os.PathLike):
 
 
 def load_model(config: TrainConfig, workspace: str | os.PathLike, tokenizer):
-    """The base model, in float32 (the Trainer casts to bf16 under autocast when asked)."""
+    """The base model, in `config.base_dtype` (float32 unless asked; the Trainer casts to bf16
+    under autocast when asked)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     spec = config.model
+    dtype = getattr(torch, config.base_dtype)
     if spec == TINY_LLAMA:
         torch.manual_seed(config.seed)  # the random init is part of the run: same seed, same weights
         heads = max(1, config.tiny_hidden // 16)
@@ -118,12 +120,12 @@ def load_model(config: TrainConfig, workspace: str | os.PathLike, tokenizer):
                           max_position_embeddings=max(config.max_seq_len, 512), tie_word_embeddings=True,
                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id)
-        return LlamaForCausalLM(cfg)
+        return LlamaForCausalLM(cfg).to(dtype)  # initialised in float32 whatever the dtype: same seed, same weights
     gguf = _gguf_path(spec)
     if gguf is not None:
         folder = _gguf_folder(gguf, cache_dir(workspace), with_model=True)
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    return _from_hf(AutoModelForCausalLM, spec, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    return _from_hf(AutoModelForCausalLM, spec, dtype=dtype)
 
 
 def _from_hf(cls, spec: str, **kwargs):

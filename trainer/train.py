@@ -139,12 +139,24 @@ def _check(store: Store, version_ref: str, config: TrainConfig) -> Manifest:
                              f"{torch.__version__} sees no CUDA GPU here: use --preset cpu-demo, or -o use_cpu=true")
     elif config.bf16:
         raise AssayError("train: bf16 is for GPU training; on the CPU use bf16=false")
+    elif config.base_dtype == "bfloat16" and not _cpu_has_bf16():
+        print("warning: train: this CPU has no bf16 matrix instructions (AVX512-BF16, AMX): base_dtype=bfloat16 "
+              "saves memory but runs slower than float32", file=sys.stderr)
     _check_trackers(config)
     _check_model(config)
     # the tokenizer loads from the same place as the model: a model that cannot be found fails
     # here, before the run is recorded, not after
     load_tokenizer(config, store.root)
     return manifest
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+
+    try:  # oneDNN's own test for native bf16 matmuls; a private helper, hence the fallback
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
 
 
 def _check_trackers(config: TrainConfig) -> None:

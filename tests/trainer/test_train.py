@@ -473,3 +473,23 @@ def test_a_reference_file_is_imported_once_and_scores_like_its_version(ws):
     assert by_file["metrics"]["reference_loss"] == pytest.approx(by_version["metrics"]["reference_loss"], rel=1e-6)
     with pytest.raises(AssayError, match="neither a version nor a file"):
         train(ws, "small", quick(reference=str(GSM8K) + ".missing", **cfg))
+
+
+def test_lora_on_a_bfloat16_base(ws):
+    import torch
+    from safetensors.torch import load_file
+
+    fp32 = train(ws, "small", quick(method="lora", max_steps=3, lora_r=4, rouge_records=0))
+    bf16 = train(ws, "small", quick(method="lora", max_steps=3, lora_r=4, rouge_records=0, base_dtype="bfloat16"))
+    assert bf16["status"] == "done" and bf16["config"]["base_dtype"] == "bfloat16"
+    # the adapter is trained and saved in float32 over the bfloat16 base
+    adapter = load_file(Path(ws.root) / bf16["weights_path"] / "adapter_model.safetensors")
+    assert adapter and {t.dtype for t in adapter.values()} == {torch.float32}
+    assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # B starts at zero: it moved
+    # the same model in another precision: the reference loss agrees to bfloat16's ~3 digits
+    assert bf16["metrics"]["reference_loss"] == pytest.approx(fp32["metrics"]["reference_loss"], rel=0.01)
+    assert bf16["metrics"]["reference_loss"] != fp32["metrics"]["reference_loss"]  # it did run in bf16
+    with pytest.raises(AssayError, match="base_dtype=bfloat16 is for LoRA"):
+        quick(method="full", base_dtype="bfloat16")
+    with pytest.raises(AssayError, match="unknown base_dtype 'float16'"):
+        quick(method="lora", base_dtype="float16")

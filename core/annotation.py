@@ -138,7 +138,6 @@ EDIT_FIELDS = ("instruction", "input", "output")  # an Alpaca record's; a chat r
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
 MIN_PASSWORD = 8
 _SESSION_NAME = re.compile(r"^[\w .@\-]{1,100}$")
-_ensured: set[str] = set()
 
 
 def _now() -> str:
@@ -146,10 +145,7 @@ def _now() -> str:
 
 
 def _schema(store: Store) -> None:
-    key = str(store.catalog.path)
-    if key not in _ensured:
-        store.catalog.ensure_schema(DDL)
-        _ensured.add(key)
+    store.catalog.ensure_schema(DDL)  # a no-op once applied through this thread's open connection
 
 
 # ---- users ------------------------------------------------------------------------------------

@@ -96,11 +96,8 @@ def _now() -> str:
 
 
 def _catalog(store) -> Catalog:
-    catalog = store.catalog
-    if not getattr(catalog, "_jobs_schema", False):
-        catalog.ensure_schema(DDL)
-        catalog._jobs_schema = True
-    return catalog
+    store.catalog.ensure_schema(DDL)  # a no-op once applied through this thread's open connection
+    return store.catalog
 
 
 def _proc_start(pid: int) -> str | None:

@@ -16,6 +16,8 @@ cross-entropy, written for the CPU (Liger's is Triton, GPU only).
 
 from __future__ import annotations
 
+import functools
+
 from .data import IGNORE
 
 
@@ -30,6 +32,7 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+@functools.cache  # one class per process, built when first used (torch is imported then, not at import)
 def _chunked_function():
     import threading
 
@@ -86,10 +89,10 @@ def _chunked_function():
         def _scratch(rows: int, vocab: int, device):
             if device.type != "cpu":  # the GPU's caching allocator already reuses the memory
                 return torch.empty(rows, vocab, dtype=torch.float32, device=device)
-            mine = ChunkedLinearCrossEntropy.scratch.__dict__.setdefault("by_vocab", {})
-            have = mine.get(vocab)
-            if have is None or have.shape[0] < rows:
-                have = mine[vocab] = torch.empty(rows, vocab, dtype=torch.float32)
+            scratch = ChunkedLinearCrossEntropy.scratch
+            have = getattr(scratch, "matrix", None)
+            if have is None or have.shape[0] < rows or have.shape[1] != vocab:
+                have = scratch.matrix = torch.empty(rows, vocab, dtype=torch.float32)
             return have
 
         @staticmethod
@@ -102,20 +105,14 @@ def _chunked_function():
     return ChunkedLinearCrossEntropy
 
 
-_CHUNKED = None
-
-
 def linear_cross_entropy_sum(hidden, lm_head, targets, chunk_tokens: int = 0):
     """Sum of the cross-entropy of `lm_head(hidden)` against `targets` (hidden: scored positions only)."""
     import torch
     import torch.nn.functional as F
 
-    global _CHUNKED
     if chunk_tokens <= 0 or getattr(lm_head, "bias", None) is not None or not hasattr(lm_head, "weight"):
         return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
-    if _CHUNKED is None:
-        _CHUNKED = _chunked_function()
-    return _CHUNKED.apply(hidden, lm_head.weight, targets, chunk_tokens, torch.is_grad_enabled())
+    return _chunked_function().apply(hidden, lm_head.weight, targets, chunk_tokens, torch.is_grad_enabled())
 
 
 def scored_loss_sum(model, batch: dict, chunk_tokens: int = 0):

@@ -124,13 +124,19 @@ def run_side(side: str, make_model, examples, tokenizer, args) -> dict:
     data = [{"input_ids": e["input_ids"], "labels": e["labels"], "attention_mask": [1] * len(e["input_ids"])}
             if side == "baseline" else e for e in examples]
     trainer = trainer_cls(model=model, args=targs, train_dataset=data, data_collator=collator, callbacks=[timer])
-    trainer.train()
+    from assay.trainer.compile import compiled_layers
+
+    started = time.perf_counter()
+    with compiled_layers(model, args.compile if side == "assay" else "off"):
+        trainer.train()
     w = args.warmup
     seconds = timer.times[-1] - timer.times[w - 1]
     used = collator.batches[w:args.steps]  # batch i is step i+1 (the loader may build one batch ahead)
     real, computed = sum(b[0] for b in used), sum(b[1] for b in used)
     out = {"tokens_per_s": real / seconds, "real_over_computed": real / computed, "timed_steps": args.steps - w,
-           "seconds": seconds, "real_tokens": real, "computed_tokens": computed}
+           "seconds": seconds, "real_tokens": real, "computed_tokens": computed,
+           # the warm-up steps, loading excluded: with --compile, the compilation
+           "warmup_seconds": timer.times[w - 1] - started}
     del trainer, model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -161,6 +167,10 @@ def main() -> None:
                          "-1: the cpu presets' default on the CPU, the gpu preset's on CUDA; 0: no chunks)")
     ap.add_argument("--bf16-base", action="store_true",
                     help="assay: frozen base weights in bf16 (LoRA), as TrainConfig.base_dtype=bfloat16")
+    ap.add_argument("--compile", default="off",
+                    choices=["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                    help="assay: torch.compile mode of the decoder layers, as TrainConfig.compile_mode "
+                         "(compiled in the warm-up steps, which the timing leaves out)")
     ap.add_argument("--no-cudnn-sdp", action="store_true", help="keep SDPA off the cuDNN kernels")
     ap.add_argument("--sides", default="baseline,assay")
     ap.add_argument("--rounds", type=int, default=3, help="measure both sides this many times, alternating")

@@ -17,6 +17,8 @@ with transformers' usual masks, so the model behaves exactly as with `sdpa` ther
 
 from __future__ import annotations
 
+import torch  # this module is imported when a run switches to varlen attention, not with the package
+
 NAME = "assay_varlen"
 _registered = False
 
@@ -43,7 +45,6 @@ def register() -> str:
 def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                      cu_seq_lens_q=None, max_length_q=None, **kwargs):
     """query (1, H, T, D), key/value (1, Hkv, T, D) -> (1, T, H, D), as transformers' SDPA returns."""
-    import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if cu_seq_lens_q is None:
@@ -61,10 +62,19 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
         half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
         q, k, v = (t.to(half) for t in (q, k, v))
         cu = cu_seq_lens_q.to(torch.int32)
-        out = varlen_attn(q, k, v, cu, cu, int(max_length_q), int(max_length_q), scale=scaling, window_size=(-1, 0))
+        # max_length_q is the collator's int as is: int() of it would make a compiled layer specialise on
+        # every row's longest record (trainer/compile.py)
+        out = varlen_attn(q, k, v, cu, cu, max_length_q, max_length_q, scale=scaling, window_size=(-1, 0))
         # back to the caller's precision: without autocast (the Trainer's bf16 need not use it) the
         # output projection's weights are float32
         return out.unsqueeze(0).to(query.dtype), None
+    return _per_record_sdpa(query, key, value, cu_seq_lens_q, scaling), None
+
+
+# not traced by torch.compile (trainer/compile.py): the loop runs over the row's record bounds, and
+# a compiled loop would be specialised on them, i.e. compiled anew for every batch
+@torch.compiler.disable
+def _per_record_sdpa(query, key, value, cu_seq_lens_q, scaling):
     bounds = cu_seq_lens_q.tolist()
     parts = []
     for start, end in zip(bounds[:-1], bounds[1:]):
@@ -72,7 +82,7 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
             parts.append(torch.nn.functional.scaled_dot_product_attention(
                 query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], is_causal=True, scale=scaling,
                 enable_gqa=key.shape[1] != query.shape[1]))
-    return torch.cat(parts, dim=2).transpose(1, 2), None
+    return torch.cat(parts, dim=2).transpose(1, 2)
 
 
 def use_varlen(model) -> None:

@@ -18,6 +18,7 @@ SMOLLM2_GGUF = "smollm2-gguf"
 TINY_LLAMA = "tiny-llama"
 METHODS = ("lora", "full")
 BASE_DTYPES = ("float32", "bfloat16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -64,6 +65,11 @@ class TrainConfig:
         "help": "run the output layer and the loss this many scored tokens at a time, each chunk's "
                 "gradients taken at once (the logits of a chunk stay in cache; the same loss and "
                 "gradients); 0: all scored tokens in one matrix"})
+    compile_mode: str = field(default="off", metadata={
+        "help": "torch.compile each decoder layer for the training loop: off, default (inductor fuses "
+                "each layer's elementwise ops: fewer kernel launches, which bound a small model's GPU "
+                "step), reduce-overhead (also CUDA graphs) or max-autotune-no-cudagraphs. The first "
+                "step compiles (about a minute); nothing gained on a CPU; evaluation stays eager"})
     seed: int = field(default=0, metadata={"help": "seed for model init, LoRA init, shuffling and dropout"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU)"})
     use_cpu: bool = field(default=True, metadata={"help": "train on the CPU even when a GPU is present"})
@@ -114,6 +120,9 @@ class TrainConfig:
             self.report_to = [self.report_to] if self.report_to else []
         if self.method not in METHODS:
             raise AssayError(f"train: unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise AssayError(f"train: unknown compile_mode {self.compile_mode!r}: use one of "
+                             f"{', '.join(COMPILE_MODES)}")
         if self.base_dtype not in BASE_DTYPES:
             raise AssayError(f"train: unknown base_dtype {self.base_dtype!r}: use one of {', '.join(BASE_DTYPES)}")
         if self.base_dtype != "float32" and self.method != "lora":

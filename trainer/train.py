@@ -35,6 +35,7 @@ from typing import Any
 from assay.core.errors import AssayError
 from assay.core.store import Manifest, Store, code_version
 
+from .compile import compiled_layers
 from .config import TrainConfig
 from .data import FlatCollator, PaddedCollator, encode_frame
 from .evaluate import evaluate, flat_metrics
@@ -289,7 +290,8 @@ def _fit(store: Store, manifest: Manifest, config: TrainConfig, out: Path, *, re
                       callbacks=callbacks)
     checkpoint = _last_checkpoint(out / "checkpoints") if resume else None
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    with compiled_layers(model, config.compile_mode):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
     train_s = time.perf_counter() - t0
 
     logs = trainer.state.log_history

@@ -493,3 +493,33 @@ def test_lora_on_a_bfloat16_base(ws):
         quick(method="full", base_dtype="bfloat16")
     with pytest.raises(AssayError, match="unknown base_dtype 'float16'"):
         quick(method="lora", base_dtype="float16")
+
+
+def test_compiled_layers_train_like_eager_and_are_put_back(ws):
+    """compile_mode: the decoder layers run through torch.compile (inductor, on the CPU here) for the
+    training loop and give eager's losses; evaluation runs on the restored, eager layers."""
+    import torch._dynamo
+    from transformers import TrainerCallback
+
+    from assay.trainer.compile import decoder_layers
+
+    seen = {}
+
+    class Look(TrainerCallback):  # the layers as the training loop runs them
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen["layers"] = decoder_layers(model)
+            seen["compiled"] = [layer._compiled_call_impl is not None for layer in seen["layers"]]
+
+    cfg = dict(max_steps=4, rouge_records=0)
+    eager = train(ws, "small", quick(**cfg))
+    torch._dynamo.utils.counters.clear()
+    compiled = train(ws, "small", quick(compile_mode="default", **cfg), callbacks=[Look()])
+    assert compiled["status"] == "done" and compiled["config"]["compile_mode"] == "default"
+    assert seen["compiled"] == [True, True]  # both layers of the tiny Llama
+    # dynamo built graphs rather than falling back to eager (suppress_errors would hide a failure)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    assert [p["loss"] for p in compiled["curve"]] == pytest.approx([p["loss"] for p in eager["curve"]], rel=1e-4)
+    assert compiled["metrics"]["reference_loss"] == pytest.approx(eager["metrics"]["reference_loss"], rel=1e-4)
+    assert all(layer._compiled_call_impl is None for layer in seen["layers"])  # eager again after training
+    with pytest.raises(AssayError, match="unknown compile_mode 'fast'"):
+        quick(compile_mode="fast")

@@ -120,7 +120,9 @@ def run_side(side: str, make_model, examples, tokenizer, args) -> dict:
         output_dir=str(Path(args.tmp) / side), per_device_train_batch_size=args.batch_size, learning_rate=2e-4,
         max_steps=args.steps, lr_scheduler_type="linear", logging_steps=10_000, save_strategy="no", seed=args.seed,
         data_seed=args.seed, bf16=args.device == "cuda", use_cpu=args.device == "cpu", report_to=[],
-        disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False)
+        disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False,
+        # the baseline's one-flag compilation (the whole model; Assay's loss path bypasses that wrapper)
+        torch_compile=side == "baseline" and args.baseline_compile)
     data = [{"input_ids": e["input_ids"], "labels": e["labels"], "attention_mask": [1] * len(e["input_ids"])}
             if side == "baseline" else e for e in examples]
     trainer = trainer_cls(model=model, args=targs, train_dataset=data, data_collator=collator, callbacks=[timer])
@@ -171,6 +173,8 @@ def main() -> None:
                     choices=["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                     help="assay: torch.compile mode of the decoder layers, as TrainConfig.compile_mode "
                          "(compiled in the warm-up steps, which the timing leaves out)")
+    ap.add_argument("--baseline-compile", action="store_true",
+                    help="baseline: TrainingArguments(torch_compile=True), a plain script's one-flag compilation")
     ap.add_argument("--no-cudnn-sdp", action="store_true", help="keep SDPA off the cuDNN kernels")
     ap.add_argument("--sides", default="baseline,assay")
     ap.add_argument("--rounds", type=int, default=3, help="measure both sides this many times, alternating")

@@ -73,3 +73,27 @@ def test_chunked_loss_trains_the_tiny_llama_like_the_plain_loss(ws):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-3), name
+
+
+def test_the_trainer_counts_flops_as_transformers_does_with_the_weight_count_taken_once(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from assay.trainer.loss import scored_tokens_trainer
+
+    model = torch.nn.Module()
+    model.main_input_name = "input_ids"
+    walks = []
+
+    def num_parameters(exclude_embeddings=False):
+        walks.append(exclude_embeddings)
+        return 1000
+
+    model.num_parameters = num_parameters
+    model.weight = torch.nn.Parameter(torch.zeros(1))
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer = scored_tokens_trainer()(model=model, args=args)
+    batches = [{"input_ids": torch.zeros(1, n, dtype=torch.long)} for n in (7, 300, 1)]
+    ours = [trainer.floating_point_ops(b) for b in batches]
+    assert len(walks) == 1  # the weights were counted once, for three batches
+    assert ours == [Trainer.floating_point_ops(trainer, b) for b in batches] == [6 * 1000 * n for n in (7, 300, 1)]
+    assert trainer.floating_point_ops({"labels": torch.zeros(1, 3)}) == 0  # no input ids: the Trainer's 0

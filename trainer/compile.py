@@ -1,11 +1,13 @@
 """Regional compilation of the decoder layers, for the training loop only.
 
 A LoRA step of a small model on a GPU is bound by the host, not the GPU: on an H100 a SmolLM2-135M
-step at batch 16 held about 44 ms of GPU work in a 320 ms step, and a profile of the same step
-counts ~64k dispatched ops (30 layers x 7 LoRA-wrapped linears, their casts, views and
-elementwise ops, forward and backward). `torch.compile` traces one decoder layer, peft's Python
-included, into a graph whose elementwise ops inductor fuses, so a layer costs a few dozen kernel
-launches instead of hundreds of dispatched ops. Compiling each layer rather than the whole model
+step at batch 16 held about 44 ms of GPU work in a 320 ms step. The step dispatches tens of
+thousands of ops (a CPU profile of SmolLM2's structure under LoRA counts ~64k a step, views
+included: 30 layers x 7 LoRA-wrapped linears, their casts and elementwise ops, forward and
+backward), each with its Python and dispatcher cost. `torch.compile` traces one decoder layer,
+peft's Python included, into a graph whose elementwise ops inductor fuses, so a layer should cost
+a few dozen kernel launches instead of hundreds of dispatched ops (unmeasured on a GPU so far:
+bench/gpu_check.sh). Compiling each layer rather than the whole model
 (PyTorch's "regional compilation" recipe) compiles the layer's code once and reuses it for the
 other layers (their weights are inputs of the graph, not constants), so the first step pays
 about a minute instead of one per layer.
@@ -20,6 +22,7 @@ warning (`suppress_errors`), so a run never fails for the optimisation's sake.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 
 def decoder_layers(model) -> list:
@@ -40,6 +43,9 @@ def compiled_layers(model, mode: str):
     import torch._dynamo
 
     layers = decoder_layers(model)
+    if not layers:
+        print(f"warning: train: compile_mode={mode}: {type(model).__name__} has no decoder layers at "
+              "model.layers; training without compilation", file=sys.stderr)
     suppress = torch._dynamo.config.suppress_errors
     torch._dynamo.config.suppress_errors = True
     # dynamic: the padding-free row's length changes every step; a graph with a symbolic length

@@ -97,3 +97,13 @@ def test_the_trainer_counts_flops_as_transformers_does_with_the_weight_count_tak
     assert len(walks) == 1  # the weights were counted once, for three batches
     assert ours == [Trainer.floating_point_ops(trainer, b) for b in batches] == [6 * 1000 * n for n in (7, 300, 1)]
     assert trainer.floating_point_ops({"labels": torch.zeros(1, 3)}) == 0  # no input ids: the Trainer's 0
+
+
+def test_compiling_a_model_without_decoder_layers_warns_and_trains_eagerly(capsys):
+    from assay.trainer.compile import compiled_layers
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with compiled_layers(model, "default") as layers:
+        assert layers == []
+        assert model[0]._compiled_call_impl is None and model._compiled_call_impl is None
+    assert "Sequential has no decoder layers" in capsys.readouterr().err

@@ -509,15 +509,20 @@ def test_compiled_layers_train_like_eager_and_are_put_back(ws):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             seen["layers"] = decoder_layers(model)
             seen["compiled"] = [layer._compiled_call_impl is not None for layer in seen["layers"]]
+            seen.setdefault("graphs", []).append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
-    cfg = dict(max_steps=4, rouge_records=0)
+    # 256 tokens per record: rows of 4 records come in different lengths, step after step
+    cfg = dict(max_steps=4, rouge_records=0, max_seq_len=256)
     eager = train(ws, "small", quick(**cfg))
     torch._dynamo.utils.counters.clear()
     compiled = train(ws, "small", quick(compile_mode="default", **cfg), callbacks=[Look()])
     assert compiled["status"] == "done" and compiled["config"]["compile_mode"] == "default"
     assert seen["compiled"] == [True, True]  # both layers of the tiny Llama
     # dynamo built graphs rather than falling back to eager (suppress_errors would hide a failure)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    assert seen["graphs"][0] >= 1
+    # each step's row has another length: with dynamic shapes nothing is compiled after the first
+    # step (with dynamic=False this list grows at every step: [5, 10, 15, 20])
+    assert seen["graphs"] == [seen["graphs"][0]] * 4, seen["graphs"]
     assert [p["loss"] for p in compiled["curve"]] == pytest.approx([p["loss"] for p in eager["curve"]], rel=1e-4)
     assert compiled["metrics"]["reference_loss"] == pytest.approx(eager["metrics"]["reference_loss"], rel=1e-4)
     assert all(layer._compiled_call_impl is None for layer in seen["layers"])  # eager again after training

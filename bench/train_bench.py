@@ -94,6 +94,7 @@ def run_side(side: str, make_model, examples, tokenizer, args) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
+    from assay.trainer.compile import compiled_layers
     from assay.trainer.data import FlatCollator
     from assay.trainer.loss import scored_tokens_trainer
 
@@ -126,8 +127,6 @@ def run_side(side: str, make_model, examples, tokenizer, args) -> dict:
     data = [{"input_ids": e["input_ids"], "labels": e["labels"], "attention_mask": [1] * len(e["input_ids"])}
             if side == "baseline" else e for e in examples]
     trainer = trainer_cls(model=model, args=targs, train_dataset=data, data_collator=collator, callbacks=[timer])
-    from assay.trainer.compile import compiled_layers
-
     started = time.perf_counter()
     with compiled_layers(model, args.compile if side == "assay" else "off"):
         trainer.train()
@@ -146,6 +145,9 @@ def run_side(side: str, make_model, examples, tokenizer, args) -> dict:
 
 
 def main() -> None:
+    _import_assay()
+    from assay.trainer.config import COMPILE_MODES
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--arch", help="folder with a config.json (random weights from it); "
@@ -169,8 +171,7 @@ def main() -> None:
                          "-1: the cpu presets' default on the CPU, the gpu preset's on CUDA; 0: no chunks)")
     ap.add_argument("--bf16-base", action="store_true",
                     help="assay: frozen base weights in bf16 (LoRA), as TrainConfig.base_dtype=bfloat16")
-    ap.add_argument("--compile", default="off",
-                    choices=["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+    ap.add_argument("--compile", default="off", choices=COMPILE_MODES,
                     help="assay: torch.compile mode of the decoder layers, as TrainConfig.compile_mode "
                          "(compiled in the warm-up steps, which the timing leaves out)")
     ap.add_argument("--baseline-compile", action="store_true",
@@ -181,7 +182,6 @@ def main() -> None:
     ap.add_argument("--varlen", choices=["on", "off"], default="on",
                     help="assay: varlen attention, as TrainConfig.varlen_attention (off: block-diagonal mask)")
     args = ap.parse_args()
-    _import_assay()
 
     import torch
 

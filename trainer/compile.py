@@ -24,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import sys
 
+from .loss import causal_lm
+
 
 def decoder_layers(model) -> list:
     """The decoder layers of a *ForCausalLM, under a peft wrapper or not (empty if it has none)."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = getattr(getattr(lm, "model", None), "layers", None)
+    layers = getattr(getattr(causal_lm(model), "model", None), "layers", None)
     return list(layers) if layers is not None else []
 
 

@@ -286,8 +286,9 @@ def _fit(store: Store, manifest: Manifest, config: TrainConfig, out: Path, *, re
         use_varlen(model)
     collator = (FlatCollator(config.flat_multiple_of, tokenizer.pad_token_id, varlen=varlen) if config.padding_free
                 else PaddedCollator(tokenizer.pad_token_id))
-    trainer = scored_tokens_trainer(config.loss_chunk_tokens)(model=model, args=args, train_dataset=enc.examples, data_collator=collator,
-                      callbacks=callbacks)
+    trainer_cls = scored_tokens_trainer(config.loss_chunk_tokens)
+    trainer = trainer_cls(model=model, args=args, train_dataset=enc.examples, data_collator=collator,
+                          callbacks=callbacks)
     checkpoint = _last_checkpoint(out / "checkpoints") if resume else None
     t0 = time.perf_counter()
     with compiled_layers(model, config.compile_mode):

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from assay.core.errors import AssayError
+from assay.core.options import coerce, coerce_fields, parse_assignments, parse_scoped_assignments
 from assay.core.store import Store, default_workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -173,7 +174,7 @@ def filter_(version: Annotated[str, typer.Argument(help="version to filter")],
             as_json: JsonFlag = False) -> None:
     """Make a new version keeping the records for which --where is true."""
 
-    from assay.auditors.runner import filter_version
+    from assay.core.audits import filter_version
 
     def work():
         return filter_version(_store(), version, where, name).summary()
@@ -194,22 +195,6 @@ def export(version: Annotated[str, typer.Argument(help="version to export")],
          lambda r: out.print(f"wrote {r['records']} records of {r['ref']} to {r['path']} ({r['format']})"))
 
 
-def _parse_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
-    """['minhash.threshold=0.8', ...] -> {'minhash': {'threshold': 0.8}}; values are JSON when they parse."""
-    options: dict[str, dict[str, Any]] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        auditor, dot, field = key.partition(".")
-        if not sep or not dot or not field:
-            raise AssayError(f"invalid --option {pair!r}: expected AUDITOR.FIELD=VALUE")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        options.setdefault(auditor, {})[field] = value
-    return options
-
-
 @app.command()
 def audit(version: Annotated[str, typer.Argument(help="version to audit")],
           auditors: Annotated[str, typer.Option("--auditors", "-a", help="comma-separated auditor names")] = "exact",
@@ -219,14 +204,15 @@ def audit(version: Annotated[str, typer.Argument(help="version to audit")],
               "--option", "-o", help="auditor setting AUDITOR.FIELD=VALUE, e.g. minhash.threshold=0.8")] = None,
           as_json: JsonFlag = False) -> None:
     """Run auditors on a version; results become columns for `assay filter --where`."""
-    from assay.auditors.runner import make_auditor, run_audit
+    from assay.auditors.runner import auditor_class, make_auditor, run_audit
 
     def work():
         names = [n.strip() for n in auditors.split(",") if n.strip()]
-        options = _parse_options(option or [])
-        unused = set(options) - set(names)
+        raw = parse_scoped_assignments(option or [])
+        unused = set(raw) - set(names)
         if unused:
             raise AssayError(f"--option names auditors not run: {', '.join(sorted(unused))}")
+        options = {n: coerce_fields(auditor_class(n).Config, values, prefix=f"{n}.") for n, values in raw.items()}
         if benchmark:
             if "contamination" not in names:
                 raise AssayError("--benchmark needs the contamination auditor (--auditors ...,contamination)")
@@ -242,27 +228,6 @@ def audit(version: Annotated[str, typer.Argument(help="version to audit")],
                                                  for k, v in figures.items()))
 
     _run(as_json, work, render)
-
-
-def _coerce(value: str, type_name: str, option: str) -> Any:
-    """A CLI string as the generator option's declared type (lists comma-separated, dicts K=V,...)."""
-    base = type_name.replace(" | None", "").strip()
-    try:
-        if base == "int":
-            return int(value)
-        if base == "float":
-            return float(value)
-        if base == "bool":
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        if base.startswith("list"):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        if base.startswith("dict"):
-            return dict(pair.split("=", 1) for pair in value.split(",") if pair.strip())
-    except ValueError:
-        raise AssayError(f"--{option}: expected {base}, got {value!r}") from None
-    return value
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -300,7 +265,7 @@ def generate(ctx: typer.Context,
                 if not args:
                     raise AssayError(f"--{key} needs a value")
                 value = args.pop(0)
-            config[option] = _coerce(value, types[option], key)
+            config[option] = coerce(value, types[option], option=f"--{key}")
         llm = {k: v for k, v in dict(base_url=base_url, model=model, temperature=temperature, max_tokens=max_tokens,
                                       concurrency=concurrency).items() if v is not None}
         return run_generator(_store(), kind, name, config, LLMConfig(**llm), run_id)
@@ -315,16 +280,8 @@ def generate(ctx: typer.Context,
 def _train_config(preset: str, model: Optional[str], method: Optional[str], options: list[str] | None):
     from assay.trainer.config import TrainConfig
 
-    overrides: dict[str, Any] = {}
-    for pair in options or []:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise AssayError(f"invalid --option {pair!r}: expected FIELD=VALUE")
-        try:
-            overrides[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = raw
-    return TrainConfig.from_preset(preset, model=model, method=method, **overrides)
+    return TrainConfig.from_preset(preset, model=model, method=method,
+                                   **parse_assignments(options or [], TrainConfig))
 
 
 TrainPreset = Annotated[str, typer.Option("--preset", help="cpu-smoke (seconds, tests), cpu-demo (SmolLM2 + LoRA), gpu")]

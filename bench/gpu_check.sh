@@ -22,7 +22,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer
 
-from assay.trainer.models import smollm2_gguf
+from assay.core.models import smollm2_gguf
 
 out, shared = Path(sys.argv[1]), Path(sys.argv[2])
 gguf = smollm2_gguf()

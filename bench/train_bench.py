@@ -201,7 +201,7 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     else:
         from assay.trainer.config import TrainConfig
-        from assay.trainer.models import load_tokenizer
+        from assay.core.models import load_tokenizer
 
         tokenizer = load_tokenizer(TrainConfig.from_preset("cpu-smoke"), "/tmp/assay-train-bench-ws")
     if tokenizer.pad_token is None:
@@ -216,7 +216,7 @@ def main() -> None:
             model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
         else:
             from assay.trainer.config import TrainConfig
-            from assay.trainer.models import load_model
+            from assay.core.models import load_model
 
             base_dtype = "bfloat16" if side == "assay" and args.bf16_base else "float32"
             model = load_model(TrainConfig.from_preset("cpu-smoke", base_dtype=base_dtype, method="lora"),

@@ -40,8 +40,8 @@ from assay.core.records import Record, record_id
 from assay.core.store import Store
 from assay.pipelines.generate import (GenerationReport, Generator, commit_records, default_run_id,
                                       failure_rows, load_prompt, provenance, render, sampling_params)
-from assay.pipelines.importer import ALIASES, open_source
-from assay.pipelines.self_instruct import rouge_l, tokens
+from assay.core.sources import ALIASES, open_source
+from assay.core.text import rouge_l, tokens
 
 DEPTH_OPS = ("add_constraints", "deepen", "concretise", "increase_reasoning")
 OPERATIONS = (*DEPTH_OPS, "breadth")

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import jinja2
 
 from assay.core.errors import AssayError
+from assay.core.options import options
 from assay.core.llm import LLMConfig, Result
 from assay.core.records import Provenance, Record, rows_to_table
 from assay.core.store import Manifest, Store, VersionWriter
@@ -87,10 +88,6 @@ class Generator(abc.ABC):
             raise AssayError(f"{cls.name}: unknown option(s) {', '.join(unknown)} "
                              f"(options: {', '.join(sorted(known))})")
         return cls(cls.Config(**(values or {})))
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in fields(cls.Config)}
 
     @abc.abstractmethod
     def run(self, store: Store, name: str, *, llm: LLMConfig | None = None, run_id: str | None = None,
@@ -194,16 +191,13 @@ def generators() -> dict[str, type[Generator]]:
 
 
 def generator_options(kind: str) -> list[dict[str, Any]]:
-    """The options of generator `kind` for a CLI or a form: name, type (as written in the
-    dataclass), default and help. CLI form: `--NAME-WITH-DASHES`; lists comma-separated; dicts K=V,..."""
+    """The options of generator `kind` for a CLI or a form (its Config's fields: name, type as
+    written in the dataclass, default, help). CLI form: `--NAME-WITH-DASHES`; lists comma-separated;
+    dicts K=V,..."""
     known = generators()
     if kind not in known:
         raise AssayError(f"unknown generator {kind!r}: generators are {', '.join(sorted(known))}")
-    out = []
-    for f in fields(known[kind].Config):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        out.append({"name": f.name, "type": str(f.type), "default": default, "help": f.metadata.get("help", "")})
-    return out
+    return [o.as_dict() for o in options(known[kind].Config)]
 
 
 def generate(store: Store, kind: str, name: str, config_dict: dict[str, Any] | None = None,

@@ -10,9 +10,7 @@
    first, or output (the class label) first for classification tasks, so labels are not skewed
    toward whatever input the model happens to write first.
 
-ROUGE-L is implemented here (LCS over tokens, F-measure, the `rouge-score` package's tokenisation:
-lowercase, alphanumeric runs), not taken from `rouge-score`: it is twenty lines and the pools are
-small, so the dependency is not worth it.
+ROUGE-L is `assay.core.text.rouge_l` (the trainer's evaluation uses the same one).
 
 Every LLM call goes through one journalled run (keys `tasks/R/I`, `classify/K`, `instances/K`), so a
 killed run resumes, and every failed call or unparsable reply stays in the journal with its raw reply
@@ -34,9 +32,10 @@ from assay.core.journal import run_record
 from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, parse_json
 from assay.core.records import Record, record_id
 from assay.core.store import Store
+from assay.core.text import rouge_l, tokens
 from assay.pipelines.generate import (GenerationReport, Generator, commit_records, default_run_id,
                                       failure_rows, load_prompt, provenance, render, sampling_params)
-from assay.pipelines.importer import ALIASES, open_source
+from assay.core.sources import ALIASES, open_source
 
 # From the paper's code (self_instruct/bootstrap_instructions.py): tasks a language model cannot do.
 BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
@@ -71,36 +70,6 @@ class SelfInstructConfig:
 
 
 # ---- ROUGE-L and the filters -------------------------------------------------------------------
-
-def tokens(text: str) -> list[str]:
-    """rouge-score's default tokenisation: lowercase, runs of [a-z0-9]."""
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def _lcs(a: list[str], b: list[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(a: str | list[str], b: str | list[str]) -> float:
-    """ROUGE-L F-measure of two texts (symmetric, in [0, 1])."""
-    ta = tokens(a) if isinstance(a, str) else a
-    tb = tokens(b) if isinstance(b, str) else b
-    if not ta or not tb:
-        return 0.0
-    lcs = _lcs(ta, tb)
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(tb), lcs / len(ta)
-    return 2 * p * r / (p + r)
-
 
 def check_instruction(text: str, cfg: SelfInstructConfig) -> str | None:
     """The reason to drop `text` before the similarity check, or None to keep it."""

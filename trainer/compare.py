@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from assay.core.errors import AssayError
+from assay.core.llm import LLMClient, LLMConfig, Request
 from assay.core.store import Store
 
 from .config import TrainConfig
+from .report import write
 from .train import resolve_reference, train
 
 JUDGE_PROMPT = """You are judging two answers to the same request. Decide which answer is more correct and more helpful.
@@ -68,8 +70,6 @@ def compare(store: Store, a: str, b: str, config: TrainConfig | None = None, *,
         result["judge"] = judge(store, runs, config)
         if result["judge"]["a_win_rate"] is not None:
             result["delta"]["judge_a_win_rate"] = result["judge"]["a_win_rate"]
-    from .report import write
-
     if out is None:
         stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         out = Path(store.root) / "runs" / "compare" / stamp / "report.html"
@@ -103,8 +103,6 @@ def parse_verdict(reply: str) -> str:
 def judge(store: Store, runs: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
     """Ask the LLM which of A's and B's answers is better, prompt by prompt. Which answer is shown
     first is drawn per prompt from the seed, so a judge that favours a position favours neither run."""
-    from assay.core.llm import LLMClient, LLMConfig, Request
-
     ga = runs["a"]["eval"]["reference"]["generations"]
     gb = runs["b"]["eval"]["reference"]["generations"]
     rng = random.Random(config.seed)

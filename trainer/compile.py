@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from .loss import causal_lm
+from assay.core.models import causal_lm
 
 
 def decoder_layers(model) -> list:

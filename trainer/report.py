@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from assay.auditors.report import _flat_figures, _png
-from assay.auditors.runner import latest_audits
+from assay.auditors.report import figure_png, flat_figures
+from assay.core.audits import latest_audits
 from assay.core.store import Store
 
 TEMPLATE = Path(__file__).parent / "templates" / "compare.html.j2"
@@ -41,10 +41,10 @@ def _curves(runs: dict[str, Any]) -> str | None:
     ax.set_ylabel("training loss (response tokens)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _png(fig)
+    return figure_png(fig)
 
 
-def _metric_rows(a: dict[str, Any], b: dict[str, Any], delta: dict[str, float]) -> list[dict[str, Any]]:
+def metric_rows(a: dict[str, Any], b: dict[str, Any], delta: dict[str, float]) -> list[dict[str, Any]]:
     names = [k for k in SHOWN if k in a or k in b]
     names += sorted(k for k in set(a) | set(b) if k.startswith("benchmark_perplexity/"))
     names += sorted(k for k in delta if k not in names)
@@ -74,13 +74,13 @@ def render(store: Store, result: dict[str, Any], runs: dict[str, Any], *, sample
     data = dict(result["data"])
     more = store.diff(data["a"]["version"], data["b"]["version"], sample=samples)
     data["added_records"], data["removed_records"] = more["added_records"], more["removed_records"]
-    audits = {key: {a["auditor"]: _flat_figures(a["summary"]) for a in latest_audits(store, data[key]["version"])}
+    audits = {key: {a["auditor"]: flat_figures(a["summary"]) for a in latest_audits(store, data[key]["version"])}
               for key in ("a", "b")}
     env = Environment(loader=FileSystemLoader(TEMPLATE.parent), autoescape=select_autoescape(default=True))
     env.filters["num"] = lambda v: (f"{v:.4g}" if isinstance(v, float) else v)
     return env.get_template(TEMPLATE.name).render(
         config=result["config"], runs=result["runs"], data=data, audits=audits, judge=result.get("judge"),
-        metrics=_metric_rows(runs["a"]["metrics"], runs["b"]["metrics"], result["delta"]),
+        metrics=metric_rows(runs["a"]["metrics"], runs["b"]["metrics"], result["delta"]),
         curves=_curves(runs), samples=_samples(runs))
 
 

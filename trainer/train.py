@@ -32,15 +32,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from assay.auditors.benchmarks import load_benchmark, load_benchmarks
+from assay.core import jobs
 from assay.core.errors import AssayError
+from assay.core.models import load_model, load_tokenizer
 from assay.core.store import Manifest, Store, code_version
+from assay.pipelines.importer import import_source
 
 from .compile import compiled_layers
 from .config import TrainConfig
 from .data import FlatCollator, PaddedCollator, encode_frame
 from .evaluate import evaluate, flat_metrics
 from .loss import scored_tokens_trainer
-from .models import load_model, load_tokenizer
 
 TRAIN_RUNS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS train_runs (
@@ -101,8 +104,6 @@ def resolve_reference(store: Store, config: TrainConfig) -> Manifest:
         path = Path(config.reference)
         if not path.is_file():
             raise AssayError(f"train: reference set {config.reference!r} is neither a version nor a file: {exc}") from exc
-    from assay.pipelines.importer import import_source
-
     name = "eval-" + (re.sub(r"[^A-Za-z0-9_.\-]", "-", path.name.split(".")[0]) or "reference")
     manifest = import_source(store, str(path), name, show_progress=False)
     config.reference = manifest.id
@@ -122,12 +123,8 @@ def _check(store: Store, version_ref: str, config: TrainConfig) -> Manifest:
         if reference.records == 0:
             raise AssayError(f"train: reference set {reference.ref} has no records")
     if config.benchmarks:
-        from assay.auditors.benchmarks import load_benchmarks
-
         load_benchmarks(list(config.benchmarks))
     if config.forgetting:
-        from assay.auditors.benchmarks import load_benchmark
-
         try:
             load_benchmark(config.forgetting)
         except AssayError as exc:
@@ -333,10 +330,6 @@ def _fit(store: Store, manifest: Manifest, config: TrainConfig, out: Path, *, re
 
 def _job_report(**kwargs: Any) -> None:
     """Progress for the app's background job running this process (a no-op outside a job)."""
-    try:
-        from assay.core import jobs
-    except ImportError:  # an install without the jobs API: nothing to report to
-        return
     jobs.report(**{k: v for k, v in kwargs.items() if v is not None})
 
 
@@ -416,7 +409,7 @@ def load_run(store: Store, run_id: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def list_runs(store: Store, version: str | None = None) -> list[dict[str, Any]]:
+def list_train_runs(store: Store, version: str | None = None) -> list[dict[str, Any]]:
     """Train runs, newest first (optionally only those on one version ref)."""
     store.catalog.ensure_schema(TRAIN_RUNS_SCHEMA)
     sql = "SELECT run_id, version, ref, preset, model, method, status, created_at, finished_at, metrics, path FROM train_runs"

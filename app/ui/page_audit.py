@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,9 @@ import streamlit as st
 from assay.app.ui.common import get_store, version_picker
 from assay.app.ui.jobs_panel import jobs_panel, start_job
 from assay.auditors.report import version_card, write_report
-from assay.auditors.runner import REGISTRY, audit_columns, audit_detail, auditor_class, latest_audits
+from assay.auditors.runner import REGISTRY, auditor_class
+from assay.core.options import settings_rows
+from assay.core.audits import audit_columns, audit_detail, latest_audits
 
 st.title("Audit")
 
@@ -40,12 +41,7 @@ manifest = store.resolve(version)
 
 # ---- running auditors ----------------------------------------------------------------------------
 def _settings_table(name: str) -> list[dict[str, Any]]:
-    cls = auditor_class(name)
-    rows = []
-    for f in fields(cls.Config):
-        default = f.default_factory() if f.default_factory is not MISSING else f.default
-        rows.append({"setting": f"{name}.{f.name}", "default": str(default), "help": f.metadata.get("help", "")})
-    return rows
+    return settings_rows(auditor_class(name).Config, prefix=f"{name}.")
 
 
 with st.container(border=True):

@@ -17,6 +17,7 @@ from assay.app.ui.common import get_store, version_picker
 from assay.app.ui.jobs_panel import jobs_panel, start_job
 from assay.core.journal import list_runs, run_failures, run_record
 from assay.core.llm import LLMConfig
+from assay.core.options import help_texts
 from assay.pipelines.generate import default_run_id, generator_options, generators
 
 st.title("Generate")
@@ -109,7 +110,7 @@ llm_argv: list[str] = []
 if known[kind].uses_llm:
     with st.container(border=True):
         st.subheader("LLM endpoint")
-        helps = LLMConfig.help()
+        helps = help_texts(LLMConfig)
         endpoint = st.radio("Endpoint", ["embedded", "openai"], key=f"{KEY}_endpoint", horizontal=True,
                             format_func={"embedded": "Embedded llama.cpp (SmolLM2-135M-Instruct, offline)",
                                          "openai": "OpenAI-compatible endpoint"}.get)

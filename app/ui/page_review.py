@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from assay.app.ui.common import get_store, records_table, show_error, version_picker
-from assay.auditors.runner import latest_audits
+from assay.core.audits import latest_audits
 from assay.core import query
 from assay.core.errors import AssayError
 

@@ -18,9 +18,11 @@ import streamlit as st
 
 from assay.app.ui.common import RECORD_FRAME_SCHEMA, get_store, records_table, version_picker
 from assay.app.ui.jobs_panel import jobs_panel, start_job
-from assay.auditors.runner import latest_audits
+from assay.core.audits import latest_audits
+from assay.core.options import help_texts
+from assay.trainer.report import metric_rows
 from assay.trainer.config import PRESETS, TrainConfig
-from assay.trainer.train import list_runs, live_curve, load_run
+from assay.trainer.train import list_train_runs, live_curve, load_run
 
 st.title("Train & compare")
 
@@ -38,16 +40,9 @@ def _curve_chart(curves: dict[str, list[dict[str, Any]]]) -> alt.Chart | None:
         color=alt.Color("run:N", title="version"), tooltip=["run", "step", "loss"])
 
 
-def _metric_rows(a: dict[str, Any], b: dict[str, Any], delta: dict[str, float]) -> list[dict[str, Any]]:
-    """Metric, a, b and delta (b - a), for the table; the comparison report's own rows when it has them."""
-    try:
-        from assay.trainer.report import _metric_rows as report_rows
-    except ImportError:
-        report_rows = None
-    if report_rows is not None:
-        rows = report_rows(a, b, delta)
-    else:
-        rows = [{"name": k, "a": a.get(k), "b": b.get(k), "delta": delta.get(k)} for k in sorted(set(a) | set(b))]
+def _metric_table(a: dict[str, Any], b: dict[str, Any], delta: dict[str, float]) -> list[dict[str, Any]]:
+    """The comparison report's metric rows (metric, a, b, delta = b - a, verdict) typed for a table."""
+    rows = metric_rows(a, b, delta)
     return [{"metric": r["name"], "a": _cell(r.get("a")), "b": _cell(r.get("b")), "delta": _cell(r.get("delta")),
              **({"verdict": r["verdict"]} if "verdict" in r else {})} for r in rows]
 
@@ -76,7 +71,7 @@ def job_runs(job) -> dict[str, str]:
     created after the job started (read from the catalog, so a reload finds them again)."""
     started = _parse_time(job.started) or _parse_time(job.created)
     versions = {store.resolve(v).id for v in job.argv[1:3]}
-    found = [r for r in list_runs(store) if r["version"] in versions
+    found = [r for r in list_train_runs(store) if r["version"] in versions
              and started is not None and (_parse_time(r["created_at"]) or started) >= started.replace(microsecond=0)]
     found.sort(key=lambda r: r["created_at"])
     sides = dict(zip(("a", "b"), (r["run_id"] for r in found)))
@@ -109,7 +104,7 @@ def show_comparison(result: dict[str, Any]) -> None:
         col.metric(f"{side.upper()}: {run['ref']}", f"{run['records']} records")
         col.caption(f"run {run['run_id']}")
     st.text("metrics (delta = B − A)")
-    st.dataframe(_metric_rows(runs["a"]["metrics"], runs["b"]["metrics"], result["delta"]), hide_index=True)
+    st.dataframe(_metric_table(runs["a"]["metrics"], runs["b"]["metrics"], result["delta"]), hide_index=True)
     chart = _curve_chart({side.upper(): runs[side].get("curve") or [] for side in ("a", "b")})
     if chart is not None:
         st.altair_chart(chart, width="stretch")
@@ -156,13 +151,13 @@ with st.container(border=True):
     with right:
         b = version_picker("B", key=f"{KEY}_b")
     presets = list(PRESETS)
-    preset = st.selectbox("Preset", presets, key=f"{KEY}_preset", help=TrainConfig.help()["preset"])
+    preset = st.selectbox("Preset", presets, key=f"{KEY}_preset", help=help_texts(TrainConfig)["preset"])
     with st.expander("What the preset sets"):
         st.json(PRESETS[preset], expanded=True)
     overrides = st.text_area("Overrides, one FIELD=VALUE per line (any TrainConfig field)", key=f"{KEY}_options",
                              placeholder="max_steps=40")
     with st.expander("Every TrainConfig field"):
-        st.dataframe([{"field": k, "help": v} for k, v in TrainConfig.help().items()], hide_index=True)
+        st.dataframe([{"field": k, "help": v} for k, v in help_texts(TrainConfig).items()], hide_index=True)
     if st.button("Train and compare", type="primary", key=f"{KEY}_start", disabled=not (a and b)):
         argv = ["compare", a, b, "--preset", preset]
         for line in overrides.splitlines():
@@ -180,7 +175,7 @@ if job is not None and job.status == "succeeded" and job.result and "runs" in jo
 # ---- earlier runs ---------------------------------------------------------------------------------
 st.divider()
 st.subheader("Training runs")
-runs = list_runs(store)
+runs = list_train_runs(store)
 if not runs:
     st.caption("No training runs in this workspace yet.")
 else:

@@ -55,7 +55,7 @@ def test_chunked_loss_under_no_grad_is_the_same_number():
 
 
 def test_chunked_loss_trains_the_tiny_llama_like_the_plain_loss(ws):
-    from assay.trainer.models import load_model, load_tokenizer
+    from assay.core.models import load_model, load_tokenizer
 
     cfg = smoke()
     tok = load_tokenizer(cfg, ws.root)

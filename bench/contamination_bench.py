@@ -163,7 +163,8 @@ def ngram_part(args) -> dict:
 
 def embedding_part(args) -> dict:
     from assay.auditors.contamination import Contamination, ContaminationConfig
-    from assay.auditors.runner import audit_columns, run_audit
+    from assay.core.audits import audit_columns
+    from assay.auditors.runner import run_audit
     from assay.core.store import Store
     from assay.pipelines.importer import import_source
 

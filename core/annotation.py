@@ -341,7 +341,7 @@ def create_session(store: Store, actor: User, version: str, *, name: str | None 
     if annotators and overlap > len(annotators):
         raise AssayError(f"overlap {overlap} needs at least {overlap} annotators, the session names {len(annotators)}")
     if where:
-        from assay.auditors.runner import filter_version
+        from assay.core.audits import filter_version
 
         manifest = filter_version(store, manifest.id, where, manifest.dataset)
     if manifest.records == 0:
@@ -939,7 +939,7 @@ def _edited_row(store: Store, manifest: Manifest, row: int, content: dict[str, s
 def audit_flags(store: Store, session: str, record: str) -> dict[str, Any]:
     """The audit columns of a record, from the newest audited version among the session's version
     and its ancestors (a session over a filtered child shows its parent's audit)."""
-    from assay.auditors.runner import audit_columns
+    from assay.core.audits import audit_columns
 
     for step in store.lineage(get_session(store, session).version_id):  # newest first
         m = store.load_manifest(step["version"])

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from assay.auditors.runner import audit_detail, filter_version, latest_audits
+from assay.core.audits import audit_detail, filter_version, latest_audits
 from assay.core.errors import AssayError
 from assay.core.records import RECORD_SCHEMA
 from assay.core.store import Manifest, Store

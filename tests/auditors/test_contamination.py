@@ -16,7 +16,8 @@ import pytest
 from assay.auditors import contamination as C
 from assay.auditors.benchmarks import benchmark_items, load_benchmark, load_benchmarks
 from assay.auditors.contamination import Contamination, ContaminationConfig
-from assay.auditors.runner import audit_columns, audit_detail, filter_version, make_auditor, run_audit
+from assay.core.audits import audit_columns, audit_detail, filter_version
+from assay.auditors.runner import make_auditor, run_audit
 from assay.core.errors import AssayError, BadInput
 from assay.core.store import Store
 from assay.pipelines.importer import import_source

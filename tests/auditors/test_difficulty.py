@@ -5,7 +5,8 @@ through `assay audit`'s runner with the record cache, and bad options are clear 
 import pytest
 
 from assay.auditors.difficulty import Difficulty, DifficultyConfig
-from assay.auditors.runner import REGISTRY, audit_columns, filter_version, make_auditor, run_audit
+from assay.core.audits import audit_columns, filter_version
+from assay.auditors.runner import REGISTRY, make_auditor, run_audit
 from assay.core.errors import AssayError
 from assay.pipelines.importer import import_source
 from auditor_helpers import codealpaca

@@ -14,7 +14,8 @@ from assay.auditors.base import AuditContext
 from assay.auditors.diversity import (Diversity, DiversityConfig, auto_clusters, distinct_n, first_words,
                                       length_stats, mean_pairwise_cosine_distance, vendi_score)
 from assay.auditors.embeddings import embed_records
-from assay.auditors.runner import audit_columns, audit_detail, run_audit
+from assay.core.audits import audit_columns, audit_detail
+from assay.auditors.runner import run_audit
 from assay.core.errors import AssayError
 from assay.core.records import with_text
 from assay.core.store import Store

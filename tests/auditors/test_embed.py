@@ -11,7 +11,8 @@ import pytest
 
 from assay.auditors.embed import EmbedConfig, SemanticDuplicates, nearest_and_clusters
 from assay.auditors.exact import ExactDuplicates
-from assay.auditors.runner import audit_columns, filter_version, run_audit
+from assay.core.audits import audit_columns, filter_version
+from assay.auditors.runner import run_audit
 from assay.core.errors import AssayError
 from assay.core.store import Store
 from assay.pipelines.importer import import_source

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from assay.auditors.exact import ExactConfig, ExactDuplicates
-from assay.auditors.runner import audit_columns, filter_version, run_audit
+from assay.core.audits import audit_columns, filter_version
+from assay.auditors.runner import run_audit
 from assay.pipelines.importer import import_source
 from helpers import write_jsonl
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from assay.auditors.minhash import MinHashConfig, MinHashDuplicates, optimal_bands_rows, union_find_min
-from assay.auditors.runner import audit_columns, audit_detail, filter_version, make_auditor, run_audit
+from assay.core.audits import audit_columns, audit_detail, filter_version
+from assay.auditors.runner import make_auditor, run_audit
 from assay.core.errors import AssayError
 from assay.pipelines.importer import import_source
 from auditor_helpers import WORD_RE as WORD

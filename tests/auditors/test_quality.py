@@ -4,9 +4,11 @@ import json
 import polars as pl
 import pytest
 
-from assay.auditors.base import AuditContext, config_help
+from assay.auditors.base import AuditContext
+from assay.core.options import help_texts
 from assay.auditors.quality import FLAGS, Quality, QualityConfig
-from assay.auditors.runner import audit_columns, filter_version, make_auditor, run_audit
+from assay.core.audits import audit_columns, filter_version
+from assay.auditors.runner import make_auditor, run_audit
 from assay.core.records import Message, Record, rows_to_table, with_text
 from assay.pipelines.importer import import_source
 from helpers import write_jsonl
@@ -34,7 +36,7 @@ PROSE = ("The water cycle describes how water moves around the planet. Water eva
 
 
 def test_config_fields_all_have_help():
-    assert all(config_help(QualityConfig).values())
+    assert all(help_texts(QualityConfig).values())
     assert make_auditor("quality", {"short_min_words": 3}).config.short_min_words == 3
 
 

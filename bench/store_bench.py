@@ -257,7 +257,7 @@ def machine_info() -> dict:
 
     mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
     try:
-        from assay.core.store import code_version
+        from assay.core.manifest import code_version
         assay_version = code_version()
     except Exception:  # noqa: BLE001 - informational only
         assay_version = "?"

@@ -18,7 +18,8 @@ from typing import Any
 
 import polars as pl
 
-from assay.core.store import Manifest, Store, code_version
+from assay.core.manifest import code_version
+from assay.core.store import Manifest, Store
 
 AUDITS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS audits (

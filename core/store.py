@@ -24,11 +24,8 @@ import io
 import json
 import os
 import re
-import subprocess
 import uuid
-import zlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -38,10 +35,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import BaseModel, Field
 
 from .catalog import Catalog
 from .errors import AssayError, UnknownVersion
+from .manifest import Manifest, Part, check_dataset_name, code_version, hash_bytes, pack_bits, unpack_bits
 from .progress import progress
 from .records import RECORD_SCHEMA
 
@@ -49,86 +46,6 @@ from .records import RECORD_SCHEMA
 # lets a page of 50 records be read without touching the rest of the segment.
 SEGMENT_ROWS = 100_000
 ROW_GROUP_ROWS = 10_000
-MANIFEST_FORMAT = 1
-
-
-def _hash_bytes(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def pack_bits(mask: np.ndarray) -> bytes:
-    return zlib.compress(np.packbits(mask.astype(bool)).tobytes(), 6)
-
-
-def unpack_bits(blob: bytes, length: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(zlib.decompress(blob), dtype=np.uint8), count=length).astype(bool)
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """The package version plus the git commit it runs from, when it runs from a checkout."""
-    from assay import __version__
-
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha, dirty = "", ""
-    return f"{__version__}+g{sha}{'.dirty' if dirty else ''}" if sha else __version__
-
-
-class Part(BaseModel):
-    segment: str = Field(description="hash of the segment file")
-    rows: int = Field(description="rows in the segment")
-    selection: str | None = Field(None, description="hash of the bitmap of kept rows; null keeps all")
-    kept: int = Field(description="rows this part contributes to the version")
-
-
-class Manifest(BaseModel):
-    """What a version is. Immutable: its id is the hash of everything else in it."""
-
-    id: str = ""
-    format: int = MANIFEST_FORMAT
-    dataset: str
-    number: int
-    parents: list[str]
-    operation: str
-    params: dict[str, Any]
-    code_version: str
-    created_at: str
-    records: int
-    content_hash: str = Field(description="hash of the version's record ids, in order")
-    parts: list[Part]
-
-    def body_hash(self) -> str:
-        return _hash_bytes(_canonical(self.model_dump(exclude={"id"})))
-
-    @property
-    def ref(self) -> str:
-        return f"{self.dataset}@{self.number}"
-
-    def summary(self) -> dict[str, Any]:
-        return {"version": self.id, "ref": self.ref, "dataset": self.dataset, "number": self.number,
-                "operation": self.operation, "records": self.records, "parents": self.parents,
-                "created_at": self.created_at}
-
-
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-
-
-def check_dataset_name(name: str) -> str:
-    if not _DATASET_NAME.match(name or ""):
-        raise AssayError(f"invalid dataset name {name!r}: use letters, digits, '_', '-', '.' "
-                         "(up to 128 characters, starting with a letter or digit)")
-    return name
-
 
 def default_workspace() -> str:
     return os.environ.get("ASSAY_WORKSPACE") or ".assay"
@@ -189,7 +106,7 @@ class Store:
             self.fs.pipe_file(path, data)  # object stores publish a put whole or not at all
 
     def _put_object(self, path_of, data: bytes) -> str:
-        digest = _hash_bytes(data)
+        digest = hash_bytes(data)
         path = path_of(digest)
         if not self.fs.exists(path):  # content-addressed: an existing object is the same bytes
             self.write_atomic(path, data)
@@ -448,7 +365,7 @@ class Store:
                     checked_objects[path] = "missing"
                 else:
                     with self.fs.open(path, "rb") as fh:
-                        checked_objects[path] = None if _hash_bytes(fh.read()) == digest else "hash mismatch"
+                        checked_objects[path] = None if hash_bytes(fh.read()) == digest else "hash mismatch"
             return checked_objects[path]
 
         with progress("verifying", total=len(rows)) as bar:

@@ -32,6 +32,10 @@ if [ -z "${ASSAY_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null; then
   fi
 fi
 
+# Type checkers and editors resolve `assay.*` through build/typing/assay -> the repository root
+# (the root *is* the package; pyproject's [tool.pyright] extraPaths and [tool.mypy] mypy_path name it).
+mkdir -p build/typing && ln -sfn ../.. build/typing/assay
+
 # A stamp of the dependency spec: skip pip when nothing changed since the last install.
 stamp=".venv/.assay-installed"
 want="$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"

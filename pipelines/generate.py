@@ -11,7 +11,7 @@ Shared pieces every generator uses:
 - `commit_records(...)`: fills every record's provenance (generator, template id, model, sampling
   params, parent ids, source = run id) and commits them as one version; nothing is committed if the
   generator raised before it.
-- LLM failures are data: they stay in the run journal (`assay.core.journal.run_failures`) with the
+- LLM failures are data: they stay in the run journal (`assay.core.llm.journal.run_failures`) with the
   raw reply, are counted in `failed`, and are listed in the report.
 
 `generate(store, kind, name, config_dict, llm_config, run_id)` is the one entry point the CLI and

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from assay.core.errors import AssayError, BadInput
-from assay.core.journal import run_record
 from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, parse_json
+from assay.core.llm.journal import run_record
 from assay.core.records import Record, record_id
 from assay.core.store import Store
 from assay.core.text import rouge_l, tokens

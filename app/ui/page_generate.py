@@ -15,8 +15,8 @@ import streamlit as st
 
 from assay.app.ui.common import get_store, version_picker
 from assay.app.ui.jobs_panel import jobs_panel, start_job
-from assay.core.journal import list_runs, run_failures, run_record
 from assay.core.llm import LLMConfig
+from assay.core.llm.journal import list_llm_runs, run_failures, run_record
 from assay.core.options import help_texts
 from assay.pipelines.generate import default_run_id, generator_options, generators
 
@@ -195,7 +195,7 @@ if job is not None and job.status == "succeeded" and job.result:
 # ---- failures: the journal's failed calls with their raw replies ----------------------------------
 st.divider()
 st.subheader("LLM runs and their failures")
-runs = list(reversed(list_runs(store)))
+runs = list(reversed(list_llm_runs(store)))
 if not runs:
     st.caption("No LLM runs in this workspace yet.")
 else:

@@ -11,7 +11,7 @@ import urllib.request
 from fault_server import FaultServer
 
 from assay.core.llm import LLMClient, LLMConfig, Request, json_parser
-from assay.core.llm_server import free_port
+from assay.core.llm.server import free_port
 
 
 def test_runs_show_failures_lists_raw_replies(cli, store):

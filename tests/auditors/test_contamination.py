@@ -398,7 +398,7 @@ def test_llm_judge_flags_what_the_judge_calls_the_same(store, tmp_path):
     a record carrying the server's fault tag gets no verdict and its failure is journalled."""
     from fault_server import FaultServer
 
-    from assay.core.journal import run_failures
+    from assay.core.llm.journal import run_failures
 
     bench = write_jsonl(tmp_path / "bench.jsonl", [
         {"question": "A farmer has 12 cows and buys 7 more. How many cows does the farmer have now?"},

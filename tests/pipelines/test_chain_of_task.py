@@ -14,8 +14,8 @@ import pytest
 from fault_server import FaultServer
 
 from assay.core.errors import AssayError
-from assay.core.journal import list_runs, run_failures, run_record
 from assay.core.llm import LLMConfig
+from assay.core.llm.journal import list_llm_runs, run_failures, run_record
 from assay.pipelines.chain_of_task import CLS_TASKS, NER_TASKS
 from assay.pipelines.generate import generate, generator_options
 
@@ -165,7 +165,7 @@ def test_missing_meta_or_field_fails_and_commits_nothing(store, tmp_path):
     (tmp_path / "cls.meta.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(AssayError, match=r"cls\.meta\.json lacks field 'label_sep'"):
         generate(store, "chain-of-task", "cot", {"source": str(cls)}, llm)
-    assert store.versions() == [] and list_runs(store) == []
+    assert store.versions() == [] and list_llm_runs(store) == []
     assert all(o["help"] for o in generator_options("chain-of-task"))
 
 
@@ -207,7 +207,7 @@ def test_llm_tasks_off_sends_nothing(store):
     report = generate(store, "chain-of-task", "cot", {"source": str(CLS), "limit": 3, "llm_tasks": False},
                       LLMConfig(base_url="http://127.0.0.1:9/v1", model="m"))
     assert report["requested"] == 0 and "review_generation" not in report["details"]["atomic_tasks"]
-    assert list_runs(store) == []
+    assert list_llm_runs(store) == []
 
 
 def test_cli_generate_chain_of_task(cli, store):
@@ -220,7 +220,7 @@ def test_cli_generate_chain_of_task(cli, store):
 
 def test_review_generation_against_the_real_server(store, tmp_path):
     # one label, one request: the embedded SmolLM2 server is slow
-    from assay.core.llm_server import EMBEDDED_MODEL, serve
+    from assay.core.llm.server import EMBEDDED_MODEL, serve
 
     src = tmp_path / "food.json"
     src.write_text(json.dumps(raw_rows(CLS, 1)[0]) + "\n", encoding="utf-8")  # "The bread is top notch as well." (Food)

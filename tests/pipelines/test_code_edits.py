@@ -16,9 +16,9 @@ import pytest
 from fault_server import FaultServer
 
 from assay.core.errors import AssayError
-from assay.core.journal import list_runs, run_failures, run_record
 from assay.core.llm import LLMConfig, ParseError
-from assay.core.llm_server import EMBEDDED_MODEL, serve
+from assay.core.llm.journal import list_llm_runs, run_failures, run_record
+from assay.core.llm.server import EMBEDDED_MODEL, serve
 from assay.pipelines.code_edits import (CodeEditsConfig, check_repo, language_of, mine, parse_diff,
                                         parse_instruction)
 from assay.pipelines.generate import generate
@@ -217,7 +217,7 @@ def test_not_a_repository_and_nothing_to_mine_fail_clearly(store, tmp_path, repo
         generate(store, "code-edits", "e", {"repo": str(repo), "max_commits": 1}, llm)
     with pytest.raises(AssayError, match="unknown language"):
         generate(store, "code-edits", "e", {"repo": str(repo), "languages": ["klingon"]}, llm)
-    assert store.versions() == [] and list_runs(store) == []
+    assert store.versions() == [] and list_llm_runs(store) == []
 
 
 def test_this_projects_own_history(store):

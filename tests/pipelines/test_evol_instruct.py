@@ -13,9 +13,9 @@ from fault_server import FaultServer
 from helpers import write_jsonl
 
 from assay.core.errors import AssayError, BadInput, UnknownVersion
-from assay.core.journal import list_runs, run_calls, run_failures, run_record
 from assay.core.llm import LLMConfig, ParseError
-from assay.core.llm_server import EMBEDDED_MODEL, free_port, serve
+from assay.core.llm.journal import list_llm_runs, run_calls, run_failures, run_record
+from assay.core.llm.server import EMBEDDED_MODEL, free_port, serve
 from assay.pipelines.evol_instruct import (OPERATIONS, EvolInstructConfig, check_answer, check_evolution,
                                            parse_answer, parse_evolved)
 from assay.pipelines.generate import PROMPTS_DIR, generate, generator_options, load_prompt, render
@@ -118,7 +118,7 @@ def test_bad_input_fails_before_any_request(store, tmp_path):
         generate(store, "evol-instruct", "evo", {"source": "chat", "rounds": 0}, llm)
     with pytest.raises(AssayError, match=r"unknown option\(s\) round\b"):
         generate(store, "evol-instruct", "evo", {"source": "chat", "round": 1}, llm)
-    assert [v["dataset"] for v in store.versions()] == ["chat"] and list_runs(store) == []
+    assert [v["dataset"] for v in store.versions()] == ["chat"] and list_llm_runs(store) == []
 
 
 # ---- the real embedded server ------------------------------------------------------------------

@@ -13,9 +13,9 @@ from fault_server import FaultServer
 from helpers import write_jsonl
 
 from assay.core.errors import AssayError, BadInput
-from assay.core.journal import list_runs, run_calls, run_failures, run_record
 from assay.core.llm import LLMConfig, ParseError
-from assay.core.llm_server import EMBEDDED_MODEL, free_port, serve
+from assay.core.llm.journal import list_llm_runs, run_calls, run_failures, run_record
+from assay.core.llm.server import EMBEDDED_MODEL, free_port, serve
 from assay.pipelines.generate import PROMPTS_DIR, generate
 from assay.pipelines.importer import import_source
 from assay.pipelines.self_instruct import (Pool, SelfInstructConfig, check_instruction, load_seeds,
@@ -112,7 +112,7 @@ def test_seed_file_loading_and_empty_seeds(store, shared_data, tmp_path):
     with pytest.raises(BadInput, match="empty.jsonl: empty: no seed tasks"):
         generate(store, "self-instruct", "si", {"seeds": str(empty), "n": 2},
                  LLMConfig(base_url="http://127.0.0.1:9/v1", model="m"), "si-empty")
-    assert store.versions() == [] and list_runs(store) == []  # nothing committed, nothing journalled
+    assert store.versions() == [] and list_llm_runs(store) == []  # nothing committed, nothing journalled
 
 
 # ---- the real embedded server ------------------------------------------------------------------
@@ -254,4 +254,4 @@ def test_bad_options_fail_before_any_request(store, seed_file):
         generate(store, "self-instruct", "si", {"n": 2})
     with pytest.raises(AssayError, match="unknown generator 'nope'"):
         generate(store, "nope", "si", {})
-    assert store.versions() == [] and list_runs(store) == []
+    assert store.versions() == [] and list_llm_runs(store) == []

@@ -446,7 +446,7 @@ def test_cpu_demo_shows_benchmark_contamination(ws, tmp_path):
 def test_llm_judge_compares_the_answers_through_the_embedded_server(ws, monkeypatch):
     """The judge goes through the project's LLM client (here the embedded llama.cpp server with
     SmolLM2): one journalled call per reference prompt, verdicts mapped back to A and B."""
-    from assay.core.journal import run_record
+    from assay.core.llm.journal import run_record
 
     monkeypatch.delenv("ASSAY_LLM_BASE_URL", raising=False)
     cfg = quick(max_steps=1, reference_records=3, rouge_records=3, max_new_tokens=12, benchmarks=[], forgetting=None,

@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any, Iterable
 
-from .errors import AssayError
+from ..errors import AssayError
 
 DDL = """
 CREATE TABLE IF NOT EXISTS llm_runs (
@@ -305,7 +305,7 @@ def _record(row: dict, counts: dict | None) -> dict[str, Any]:
     }
 
 
-def list_runs(store) -> list[dict[str, Any]]:
+def list_llm_runs(store) -> list[dict[str, Any]]:
     """Every LLM run in the workspace, oldest first, with its counts and tokens."""
     journal = Journal(store)
     counts = {r["run_id"]: dict(r) for r in journal.catalog.query(_COUNTS.format(where=""))}

@@ -25,12 +25,38 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .errors import AssayError
+from ..errors import AssayError
 
 # The name the embedded server answers to (`--model_alias`): stable across machines, unlike the
 # GGUF's install path, so it can go into cache keys and run records.
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# The server process runs llama_cpp.server through this launcher, which first turns off llama.cpp's
+# "extra buffer types" (use_extra_bufts: weights repacked at load for special CPU kernels, e.g. AMX
+# tiles). On a Xeon with AMX, llama-cpp-python 0.3.36 as pip builds it (natively, AMX included)
+# repacks SmolLM2's Q4_1/Q8_0 weights into the AMX buffer and then segfaults on the first prompt
+# longer than one token. Neither llama_cpp.server's options nor Llama() expose the flag, and no
+# GGML_*/LLAMA_* variable sets it, so the launcher changes llama.cpp's model defaults, which Llama()
+# reads when it loads the model. Plain CPU kernels cost little on a 135M model; elsewhere the flag
+# changes nothing.
+LAUNCHER = """
+import sys
+import llama_cpp.llama_cpp as lib
+import llama_cpp.server.__main__ as server
+
+_defaults = lib.llama_model_default_params
+
+
+def model_params():
+    params = _defaults()
+    params.use_extra_bufts = False
+    return params
+
+
+lib.llama_model_default_params = model_params
+sys.exit(server.main())
+"""
 
 
 def default_model_path() -> str:
@@ -107,7 +133,7 @@ class LlamaServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "llama_cpp.server", "--model", self.model_path, "--model_alias", self.alias,
+        return [sys.executable, "-c", LAUNCHER, "--model", self.model_path, "--model_alias", self.alias,
                 "--host", self.host, "--port", str(self.port), "--n_ctx", str(self.n_ctx),
                 "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads)]
 

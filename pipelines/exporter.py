@@ -7,9 +7,11 @@ beside their target and renamed into place, so a failed export leaves no half-wr
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from assay.core.records import export_row
 from assay.core.store import Store
 
 EXPORT_FORMATS = ("jsonl", "json", "parquet", "hf-disk", "hf")
+EXPORT_BATCH_ROWS = 50_000  # rows converted to Arrow at a time: bounds an export's memory
 
 
 @dataclass
@@ -76,58 +79,93 @@ def export_version(store: Store, ref: str, path: str, config: ExportConfig | Non
     fmt = config.format or _format_of(path)
     if fmt not in EXPORT_FORMATS:
         raise AssayError(f"unknown export format {fmt!r}: formats are {', '.join(EXPORT_FORMATS)}")
+    if fmt != "hf":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if fmt == "hf-disk" and os.path.exists(path):
+        raise AssayError(f"{path}: already exists; choose a new folder for a saved dataset")
+
+    def rows(bar=None) -> Iterator[dict[str, Any]]:
+        return iter_export_rows(store, manifest.id, config.provenance, bar)
+
     with progress(f"exporting {manifest.ref}", total=manifest.records) as bar:
-        _write(path, fmt, iter_export_rows(store, manifest.id, config.provenance, bar))
+        if fmt in ("jsonl", "json"):
+            _write_json(path, fmt, rows(bar))
+        elif fmt == "parquet":
+            _write_parquet(path, rows, bar)
+        else:
+            _write_hf(path, fmt, rows, bar)
     return {"version": manifest.id, "ref": manifest.ref, "path": path, "format": fmt, "records": manifest.records}
 
 
-def _write(path: str, fmt: str, rows: Iterator[dict[str, Any]]) -> None:
-    if fmt != "hf":
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if fmt in ("jsonl", "json"):
-        tmp = _tmp_beside(path)
-        try:
-            with fsspec.open(tmp, "wt", compression="gzip" if path.endswith(".gz") else None,
-                             encoding="utf-8") as fh:
-                if fmt == "jsonl":
-                    for row in rows:
-                        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                else:
-                    fh.write("[\n")
-                    for i, row in enumerate(rows):
-                        fh.write((",\n" if i else "") + json.dumps(row, ensure_ascii=False))
-                    fh.write("\n]\n")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    elif fmt == "parquet":
-        table = _table(list(rows), path)
-        tmp = _tmp_beside(path)
-        try:
-            pq.write_table(table, tmp, compression="zstd")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    else:
-        import datasets
+def _write_json(path: str, fmt: str, rows: Iterator[dict[str, Any]]) -> None:
+    tmp = _tmp_beside(path)
+    try:
+        with fsspec.open(tmp, "wt", compression="gzip" if path.endswith(".gz") else None,
+                         encoding="utf-8") as fh:
+            if fmt == "jsonl":
+                for row in rows:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            else:
+                fh.write("[\n")
+                for i, row in enumerate(rows):
+                    fh.write((",\n" if i else "") + json.dumps(row, ensure_ascii=False))
+                fh.write("\n]\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
-        ds = datasets.Dataset(_table(list(rows), path))
+
+def _batches(rows: Iterator[dict[str, Any]], path: str) -> Iterator[pa.Table]:
+    while batch := list(itertools.islice(rows, EXPORT_BATCH_ROWS)):
+        yield _table(batch, path)
+
+
+def _write_parquet(path: str, rows, bar) -> None:
+    """Two streaming passes, so memory stays flat: the first finds the one schema that holds every
+    row's columns (metadata keys differ between rows), the second writes batch by batch in it."""
+    schema = None
+    for table in _batches(rows(), path):
+        try:
+            schema = table.schema if schema is None else pa.unify_schemas([schema, table.schema],
+                                                                          promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise AssayError(f"{path}: metadata columns mix types across rows, which Parquet cannot hold "
+                             f"({exc}); export to JSONL instead") from None
+    tmp = _tmp_beside(path)
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for table in _batches(rows(bar), path):
+                missing = [f for f in schema if f.name not in table.column_names]
+                for f in missing:
+                    table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+                writer.write_table(table.select(schema.names).cast(schema))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_hf(path: str, fmt: str, rows, bar) -> None:
+    """A `datasets.Dataset` built from a streamed Parquet file (memory-mapped, never held whole)."""
+    import datasets
+
+    with tempfile.TemporaryDirectory(prefix="assay-export-") as work:
+        parquet = os.path.join(work, "rows.parquet")
+        _write_parquet(parquet, rows, bar)
+        ds = datasets.Dataset.from_parquet(parquet, cache_dir=os.path.join(work, "cache"))
         if fmt == "hf":
             try:
                 ds.push_to_hub(path.removeprefix("hf:"))
             except Exception as exc:  # no network, no token, no rights: say which and why
                 raise AssayError(f"{path}: cannot push to the Hugging Face Hub ({exc})") from None
-        else:
-            if os.path.exists(path):
-                raise AssayError(f"{path}: already exists; choose a new folder for a saved dataset")
-            tmp = _tmp_beside(path.rstrip("/"))
-            try:
-                ds.save_to_disk(tmp)
-                os.replace(tmp, path)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            return
+        tmp = _tmp_beside(path.rstrip("/"))
+        try:
+            ds.save_to_disk(tmp)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _table(rows: list[dict[str, Any]], path: str) -> pa.Table:

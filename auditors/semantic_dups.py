@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-
 from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult
+from .components import merge_min_labels
 from .embeddings import DEFAULT_MODEL, embed_for, embedding_summary
 
 BLOCK_BYTES = 128 * 2**20  # similarities held at once (float32), whatever the version size
@@ -77,23 +77,6 @@ class Neighbours:
     pairs: int  # pairs (i < j) with cosine >= threshold
 
 
-def _merge(label: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-    """Union the clusters of a[k] and b[k], in place; every label stays its cluster's smallest position."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    ra, rb = label[a], label[b]
-    roots, inverse = np.unique(np.concatenate([ra, rb]), return_inverse=True)
-    m = roots.size
-    graph = coo_matrix((np.ones(a.size, dtype=np.int8), (inverse[:a.size], inverse[a.size:])), shape=(m, m))
-    ncomp, comp = connected_components(graph, directed=False)
-    new_root = np.full(ncomp, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(new_root, comp, roots)
-    remap = np.arange(label.size, dtype=np.int64)
-    remap[roots] = new_root[comp]
-    label[:] = remap[label]
-
-
 def nearest_and_clusters(vectors: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES,
                          edge_batch: int = EDGE_BATCH) -> Neighbours:
     """For each row its nearest earlier row, and clusters of rows linked by cosine >= threshold.
@@ -132,7 +115,7 @@ def nearest_and_clusters(vectors: np.ndarray, threshold: float, block_bytes: int
             stop = max(stop, start + 1)
             r, c = np.nonzero(hits[start:stop])
             if r.size:
-                _merge(label, (r + a + start).astype(np.int64), c.astype(np.int64))
+                merge_min_labels(label, (r + a + start).astype(np.int64), c.astype(np.int64))
             start = stop
     return Neighbours(label, neighbor, neighbor_sim, pairs)
 

@@ -14,14 +14,7 @@ from helpers import write_jsonl
 
 
 def wait(store, job_id, until, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = jobs.get(store, job_id)
-        if until(job):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never reached the state; last: {job.summary()}\n"
-                         f"{jobs.log_tail(store, job_id)}")
+    return jobs.wait(store, job_id, until, timeout=timeout)
 
 
 def big_file(tmp_path, rows=150_000):

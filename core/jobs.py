@@ -179,6 +179,20 @@ def get(store, job_id: str) -> Job:
     return _row_to_job(catalog.query("SELECT * FROM jobs WHERE id = ?", (job_id,))[0])
 
 
+def wait(store, job_id: str, until=None, *, timeout: float = 120.0, poll: float = 0.1) -> Job:
+    """Poll a job until `until(job)` holds (default: it finished); AssayError with the log tail on timeout."""
+    until = until or (lambda job: job.finished)
+    deadline = time.monotonic() + timeout
+    while True:
+        job = get(store, job_id)
+        if until(job):
+            return job
+        if time.monotonic() >= deadline:
+            raise AssayError(f"job {job_id} did not reach the awaited state in {timeout:.0f}s; "
+                             f"last: {job.summary()}\n{log_tail(store, job_id)}")
+        time.sleep(poll)
+
+
 def list_jobs(store, kind: str | None = None, limit: int = 50) -> list[Job]:
     """Jobs, newest first (active ones re-checked for a dead process)."""
     catalog = _catalog(store)

@@ -5,7 +5,6 @@ calibration slider, and the HTML report download."""
 from __future__ import annotations
 
 import random
-import time
 
 import polars as pl
 import pytest
@@ -125,10 +124,7 @@ def test_run_audit_starts_the_cli_command(app_workspace, audited):
     assert not at.exception, at.exception
     started = jobs.list_jobs(store, kind="audit")
     assert [j.argv for j in started] == [["audit", manifest.id, "-a", "exact", "-o", "exact.column=prompt"]]
-    deadline = time.monotonic() + 120
-    while not jobs.get(store, started[0].id).finished and time.monotonic() < deadline:
-        time.sleep(0.5)
-    job = jobs.get(store, started[0].id)
+    job = jobs.wait(store, started[0].id, timeout=120, poll=0.5)
     assert job.status == "succeeded", jobs.log_tail(store, job.id)
     exact = next(a for a in latest_audits(store, manifest) if a["auditor"] == "exact")
     assert exact["summary"]["config"]["column"] == "prompt"

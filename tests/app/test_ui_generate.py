@@ -23,13 +23,7 @@ def _labels(at: AppTest) -> set[str]:
 def _wait(store, job_id: str, timeout: float = 180):
     from assay.core import jobs
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = jobs.get(store, job_id)
-        if job.finished:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish within {timeout}s:\n{jobs.log_tail(store, job_id)}")
+    return jobs.wait(store, job_id, timeout=timeout, poll=0.5)
 
 
 def test_the_form_lists_every_generator_and_its_fields(app_workspace):

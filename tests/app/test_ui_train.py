@@ -4,7 +4,6 @@ shown side by side: both runs' metrics with the delta, the data diff, the runs l
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -51,10 +50,7 @@ def test_compare_job_and_result_side_by_side(app_workspace, shared_data, tmp_pat
     assert [j.argv for j in started] == [["compare", full.id, short.id, "--preset", "cpu-smoke",
                                           "-o", "max_steps=6", "-o", "benchmark_items=2"]]
 
-    deadline = time.monotonic() + 240
-    while not jobs.get(store, started[0].id).finished and time.monotonic() < deadline:
-        time.sleep(1)
-    job = jobs.get(store, started[0].id)
+    job = jobs.wait(store, started[0].id, timeout=240, poll=1)
     assert job.status == "succeeded", jobs.log_tail(store, job.id)
     result = job.result
     assert result["runs"]["a"]["metrics"]["steps"] == 6

@@ -156,7 +156,7 @@ def test_unknown_model_through_the_cli_prints_one_line(seeded, monkeypatch):
     from assay.app.cli import app
 
     store, version, _, _ = seeded
-    monkeypatch.setattr("assay.app.cli._state", {})  # the CLI keeps its store between in-process calls
+    monkeypatch.setattr("assay.app.cli.common._state", {})  # the CLI keeps its store between in-process calls
     args = ["audit", version.id, "-a", "embed", "-o", "embed.model=no-such-org/no-such-model"]
     result = CliRunner().invoke(app, args,
                                 env={"ASSAY_WORKSPACE": str(store.root), "HF_HUB_OFFLINE": "1"})

@@ -13,17 +13,6 @@ from assay.core.store import Store
 from helpers import write_jsonl
 
 
-def wait(store, job_id, until, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = jobs.get(store, job_id)
-        if until(job):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never reached the state; last: {job.summary()}\n"
-                         f"{jobs.log_tail(store, job_id)}")
-
-
 def big_file(tmp_path, rows=150_000):
     return write_jsonl(tmp_path / "big.jsonl",
                        [{"instruction": f"task {i}", "output": f"answer {i} " * 3} for i in range(rows)])
@@ -32,7 +21,7 @@ def big_file(tmp_path, rows=150_000):
 def test_job_runs_command_and_records_result_seen_by_another_store(store, workspace, tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(25)])
     job_id = jobs.start(store, ["import", str(path), "--name", "small"], kind="import", title="import small")
-    job = wait(store, job_id, lambda j: j.finished)
+    job = jobs.wait(store, job_id, lambda j: j.finished)
     assert job.status == "succeeded", job.error
     assert job.result["records"] == 25
     # the version the job made is real, and a fresh Store (a reloaded page, another tab) sees the job
@@ -49,7 +38,7 @@ def test_failed_command_records_its_error_and_log(store, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"instruction": "ok", "output": "x"}\n{not json\n')
     job_id = jobs.start(store, ["import", str(path), "--name", "bad"], kind="import")
-    job = wait(store, job_id, lambda j: j.finished)
+    job = jobs.wait(store, job_id, lambda j: j.finished)
     assert job.status == "failed"
     assert "bad.jsonl" in job.error and ":2" in job.error  # names the file and the line
     assert "bad.jsonl" in jobs.log_tail(store, job_id)
@@ -59,13 +48,13 @@ def test_failed_command_records_its_error_and_log(store, tmp_path):
 def test_killed_job_shows_as_failed_and_cancel_stops_the_work(store, tmp_path):
     path = big_file(tmp_path)
     killed = jobs.start(store, ["import", str(path), "--name", "big"], kind="import")
-    job = wait(store, killed, lambda j: j.status == "running")
+    job = jobs.wait(store, killed, lambda j: j.status == "running")
     os.killpg(job.pid, signal.SIGKILL)  # the whole job, as a crash or OOM kill would
-    job = wait(store, killed, lambda j: j.finished, timeout=20)
+    job = jobs.wait(store, killed, lambda j: j.finished, timeout=20)
     assert job.status == "failed" and "died" in job.error and job.log_path in job.error
 
     cancelled = jobs.start(store, ["import", str(path), "--name", "big"], kind="import")
-    wait(store, cancelled, lambda j: j.status == "running")
+    jobs.wait(store, cancelled, lambda j: j.status == "running")
     job = jobs.cancel(store, cancelled)
     assert job.status == "cancelled"
     deadline = time.monotonic() + 20

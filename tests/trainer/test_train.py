@@ -225,16 +225,11 @@ def test_over_long_records_are_cut_and_counted(ws, capsys):
 def test_training_in_a_background_job_reports_progress(ws):
     """The app runs training as a background job: the job sees the run id, the step and the loss
     while it trains, the run's curve is on disk, and the job's result is the run record."""
-    import time
-
     from assay.core import jobs
 
     job_id = jobs.start(ws, ["train", "small", "-o", "max_steps=6", "-o", "batch_size=4", "-o", "max_seq_len=64",
                              "-o", "benchmarks=[]", "-o", "rouge_records=0"], kind="train", title="train small")
-    deadline = time.monotonic() + 300
-    while not (job := jobs.get(ws, job_id)).finished:
-        assert time.monotonic() < deadline, jobs.log_tail(ws, job_id)
-        time.sleep(0.5)
+    job = jobs.wait(ws, job_id, timeout=300, poll=0.5)
     assert job.status == "succeeded", jobs.log_tail(ws, job_id)
     run_id = job.result["run_id"]
     assert job.info["run_id"] == run_id and job.info["step"] == 6 and job.info["loss"] > 0

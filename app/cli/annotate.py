@@ -7,51 +7,31 @@ password (from $ASSAY_PASSWORD, else a hidden prompt), so the same role checks a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
 from typing import Annotated, Any, Optional
 
+import polars as pl
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from assay.app.cli.common import JsonFlag, current_store, out, run_command
 from assay.core import annotation as ann
 from assay.core.errors import AssayError
-from assay.core.store import Store, default_workspace
-
-out = Console(highlight=False, soft_wrap=True)
-JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")]
 
 annotate_app = typer.Typer(help="Annotation sessions: people accept, reject or edit records; the result is a version.",
                            no_args_is_help=True)
 users_app = typer.Typer(help="Users of the app (admins and annotators).", no_args_is_help=True)
 annotate_app.add_typer(users_app, name="users")
 _acting: dict[str, Optional[str]] = {}
-_stores: dict[str, Store] = {}
 
 
 @annotate_app.callback()
-def _annotate(ctx: typer.Context, user: Annotated[Optional[str], typer.Option(
+def _annotate(user: Annotated[Optional[str], typer.Option(
         "--user", "-u", help="act as this user (password from $ASSAY_PASSWORD or a prompt); default: the local operator")] = None) -> None:
     _acting["user"] = user
-    # the workspace from the root command's -w option, read from the context: under `python -m` the
-    # root command lives in a second copy of app/cli.py whose module state this one cannot see
-    _acting["workspace"] = ctx.find_root().params.get("workspace")
-
-
-def _run(as_json, work, render) -> None:
-    # imported when a command runs, not at import time: app/cli.py imports this module, and under
-    # `python -m assay.app.cli` a top-level import back into it would find it half-initialised
-    from assay.app.cli import _run as run
-
-    run(as_json, work, render)
-
-
-def _store() -> Store:
-    if "store" not in _stores:
-        _stores["store"] = Store(_acting.get("workspace") or default_workspace())
-    return _stores["store"]
 
 
 def _actor() -> ann.User:
@@ -61,7 +41,7 @@ def _actor() -> ann.User:
     password = os.environ.get("ASSAY_PASSWORD")
     if password is None:
         password = typer.prompt(f"password for {name}", hide_input=True, err=True)
-    user = ann.authenticate(_store(), name, password)
+    user = ann.authenticate(current_store(), name, password)
     if user is None:
         raise AssayError(f"wrong user name or password for {name!r}")
     return user
@@ -83,10 +63,10 @@ def users_add(name: Annotated[str, typer.Argument(help="user name")],
             password = sys.stdin.readline().rstrip("\n")
         else:
             password = typer.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True, err=True)
-        user = ann.add_user(_store(), _actor(), name, password, role)
+        user = ann.add_user(current_store(), _actor(), name, password, role)
         return {"name": user.name, "role": user.role}
 
-    _run(as_json, work, lambda r: out.print(f"added {r['role']} {r['name']}"))
+    run_command(as_json, work, lambda r: out.print(f"added {r['role']} {r['name']}"))
 
 
 @users_app.command("list")
@@ -97,7 +77,7 @@ def users_list(as_json: JsonFlag = False) -> None:
         for u in r["users"]:
             out.print(f"{u['name']:<24} {u['role']:<10} {u['created_at'][:19]}")
 
-    _run(as_json, lambda: {"users": ann.list_users(_store(), _actor())}, render)
+    run_command(as_json, lambda: {"users": ann.list_users(current_store(), _actor())}, render)
 
 
 @annotate_app.command("create")
@@ -115,11 +95,11 @@ def create(version: Annotated[str, typer.Argument(help="version to annotate (id,
 
     def work():
         schema = ann.LabelSchema(reasons=_csv(reasons), categories=_csv(categories), allow_edit=allow_edit)
-        s = ann.create_session(_store(), _actor(), version, name=name, where=where, schema=schema, overlap=overlap,
+        s = ann.create_session(current_store(), _actor(), version, name=name, where=where, schema=schema, overlap=overlap,
                                annotators=_csv(annotators))
         return s.summary()
 
-    _run(as_json, work, lambda r: out.print(f"session {r['name']} ({r['id']}): {r['items']} records, overlap {r['overlap']}"))
+    run_command(as_json, work, lambda r: out.print(f"session {r['name']} ({r['id']}): {r['items']} records, overlap {r['overlap']}"))
 
 
 @annotate_app.command("status")
@@ -128,7 +108,7 @@ def status(session: Annotated[Optional[str], typer.Argument(help="session id or 
     """A session's progress per annotator, record states and agreement; without SESSION, the sessions."""
 
     def work():
-        store, actor = _store(), _actor()
+        store, actor = current_store(), _actor()
         if session is None:
             return {"sessions": [s.summary() for s in ann.list_sessions(store, actor)]}
         result = ann.status(store, actor, session)
@@ -136,7 +116,7 @@ def status(session: Annotated[Optional[str], typer.Argument(help="session id or 
             result["agreement"] = ann.agreement(store, actor, session)
         return result
 
-    _run(as_json, work, _render_status)
+    run_command(as_json, work, _render_status)
 
 
 def _render_status(r: dict[str, Any]) -> None:
@@ -170,10 +150,8 @@ def export(session: Annotated[str, typer.Argument(help="session id or name")],
            path: Annotated[str, typer.Argument(help="out.jsonl (one decision a line) or out.csv / out.parquet")],
            as_json: JsonFlag = False) -> None:
     """Write every decision of a session (annotator, label, reasons, category, edit, revision, time)."""
-    import polars as pl
-
     def work():
-        rows = ann.export_decisions(_store(), _actor(), session)
+        rows = ann.export_decisions(current_store(), _actor(), session)
         if path.endswith(".jsonl"):
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             data = text.encode("utf-8")
@@ -181,8 +159,6 @@ def export(session: Annotated[str, typer.Argument(help="session id or name")],
             frame = pl.DataFrame([{**r, "reasons": json.dumps(r["reasons"]),
                                    "edit": json.dumps(r["edit"]) if r["edit"] else None} for r in rows],
                                  infer_schema_length=None)
-            import io
-
             buf = io.BytesIO()
             frame.write_csv(buf) if path.endswith(".csv") else frame.write_parquet(buf)
             data = buf.getvalue()
@@ -194,7 +170,7 @@ def export(session: Annotated[str, typer.Argument(help="session id or name")],
         os.replace(tmp, path)
         return {"path": path, "decisions": len(rows)}
 
-    _run(as_json, work, lambda r: out.print(f"wrote {r['decisions']} decisions to {r['path']}"))
+    run_command(as_json, work, lambda r: out.print(f"wrote {r['decisions']} decisions to {r['path']}"))
 
 
 @annotate_app.command("finalize")
@@ -206,9 +182,9 @@ def finalize(session: Annotated[str, typer.Argument(help="session id or name")],
     """Make the session's accepted (and edited) records a new version; the session then closes."""
 
     def work():
-        return ann.finalize(_store(), _actor(), session, name=name, allow_undecided=allow_undecided, resume=resume)
+        return ann.finalize(current_store(), _actor(), session, name=name, allow_undecided=allow_undecided, resume=resume)
 
-    _run(as_json, work, lambda r: out.print(
+    run_command(as_json, work, lambda r: out.print(
         f"{r['ref']} ({r['version'][:12]}): {r['records']} records; accepted {r['params']['accepted']}, "
         f"rejected {r['params']['rejected']}, edited {r['params']['edited']}"))
 
@@ -218,5 +194,5 @@ def release(session: Annotated[str, typer.Argument(help="session id or name")],
             annotator: Annotated[str, typer.Argument(help="user whose undecided records go back to the pool")],
             as_json: JsonFlag = False) -> None:
     """Hand back the records an annotator holds without deciding (someone who left), so others get them."""
-    _run(as_json, lambda: {"released": ann.release_claims(_store(), _actor(), session, annotator)},
-         lambda r: out.print(f"released {r['released']} records held by {annotator}"))
+    run_command(as_json, lambda: {"released": ann.release_claims(current_store(), _actor(), session, annotator)},
+                lambda r: out.print(f"released {r['released']} records held by {annotator}"))

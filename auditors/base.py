@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import polars as pl
+
 from assay.core.store import Manifest, Store
 
 from .cache import Layout, RecordCache, version_layout

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 import polars as pl
+
 from assay.core.store import Manifest, Store
 
 COMPUTE_CHUNK_ROWS = 50_000

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
 from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult
@@ -221,8 +222,9 @@ class Contamination(Auditor):
         through the LLM layer's journal and cache (run `contamination-judge-<version>`), so a
         re-audit asks nothing twice; a failed call leaves the verdict null and is listed with its
         raw reply by `assay runs show RUN --failures`."""
-        from assay.core.llm import LLMClient, LLMConfig, Request
         from jinja2 import Template
+
+        from assay.core.llm import LLMClient, LLMConfig, Request
 
         cfg: ContaminationConfig = self.config
         texts = dict(zip(zip(items["benchmark"].to_list(), items["item"].to_list()), items["text"].to_list()))

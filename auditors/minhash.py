@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+
 from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult

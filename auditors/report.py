@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from assay.core.audits import audit_detail, latest_audits
 from assay.core.records import with_text
 from assay.core.store import Store
-
-from assay.core.audits import audit_detail, latest_audits
 
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
 

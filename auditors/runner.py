@@ -8,8 +8,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import polars as pl
-
 from assay.core.audits import save_audit
 from assay.core.errors import AssayError
 from assay.core.progress import progress

@@ -42,8 +42,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from store_bench import _rss_mb, machine_info, synthesize  # noqa: E402  (a sibling script)
 from common import write_json  # noqa: E402
+from store_bench import _rss_mb, machine_info, synthesize  # noqa: E402  (a sibling script)
 
 SEARCH_WORD = "café"  # one of the generator's unicode words: rare, so the search is selective
 PAGE = 50

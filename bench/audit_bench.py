@@ -46,7 +46,7 @@ def synthesise(path: Path, n: int, seed: int = 0) -> None:
     vocab = [f"w{i}" for i in range(20_000)]
     rows = []
     with path.open("w", encoding="utf-8") as fh:
-        for i in range(n):
+        for _ in range(n):
             if rows and rng.random() < 0.05:  # a near-copy of an earlier record: a few words changed
                 base = rng.choice(rows)
                 words = base.split()

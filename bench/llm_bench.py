@@ -19,11 +19,11 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from common import write_json
+
 from assay.core.llm import LLMClient, LLMConfig, Request
 from assay.core.llm.server import serve
 from assay.core.store import Store
-
-from common import write_json
 
 TOPICS = ["rivers", "bread", "clocks", "bees", "bridges", "tea", "maps", "snow", "glass", "owls", "salt", "kites"]
 

@@ -45,12 +45,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from common import write_json
+from minhash_reference import datasketch_labels, ref_shingles
 
 from assay.auditors.base import AuditContext
 from assay.auditors.minhash import MinHashConfig, MinHashDuplicates, shingle_hashes, signatures
 from assay.core.store import Store
-from common import write_json
-from minhash_reference import datasketch_labels, ref_shingles
 
 SEED = 20240607
 VOCAB = 30_000
@@ -187,8 +187,8 @@ def machine() -> dict:
         pass
     cpu = platform.processor()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     import datasketch

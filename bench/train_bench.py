@@ -200,8 +200,8 @@ def main() -> None:
     if args.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     else:
-        from assay.trainer.config import TrainConfig
         from assay.core.models import load_tokenizer
+        from assay.trainer.config import TrainConfig
 
         tokenizer = load_tokenizer(TrainConfig.from_preset("cpu-smoke"), "/tmp/assay-train-bench-ws")
     if tokenizer.pad_token is None:
@@ -215,8 +215,8 @@ def main() -> None:
             dtype = torch.bfloat16 if side == "assay" and args.bf16_base else torch.float32
             model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
         else:
-            from assay.trainer.config import TrainConfig
             from assay.core.models import load_model
+            from assay.trainer.config import TrainConfig
 
             base_dtype = "bfloat16" if side == "assay" and args.bf16_base else "float32"
             model = load_model(TrainConfig.from_preset("cpu-smoke", base_dtype=base_dtype, method="lora"),

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:  # polars is imported where it is used: records load without it
+    import polars as pl
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 

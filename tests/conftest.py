@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from helpers import Cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,10 +24,9 @@ import math
 from typing import Any
 
 from assay.auditors.benchmarks import load_benchmark, load_benchmarks
+from assay.core.chat_tokens import to_messages
 from assay.core.errors import AssayError
 from assay.core.text import rouge_l
-
-from assay.core.chat_tokens import to_messages
 
 from .data import PaddedCollator, encode_frame, encode_text
 from .loss import scored_loss_sum

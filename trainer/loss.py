@@ -21,7 +21,6 @@ import functools
 from assay.core.chat_tokens import IGNORE
 from assay.core.models import causal_lm
 
-
 # what the model is given (labels are not: the loss is computed here); the cu_seq_lens/max_length
 # keys are the padding-free row's record bounds for varlen attention (trainer/attention.py)
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",

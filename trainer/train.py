@@ -35,8 +35,8 @@ from typing import Any
 from assay.auditors.benchmarks import load_benchmark, load_benchmarks
 from assay.core import jobs
 from assay.core.errors import AssayError
-from assay.core.models import load_model, load_tokenizer
 from assay.core.manifest import code_version
+from assay.core.models import load_model, load_tokenizer
 from assay.core.store import Manifest, Store
 from assay.pipelines.importer import import_source
 

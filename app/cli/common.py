@@ -50,7 +50,7 @@ def run_command(as_json: bool, work: Callable[[], Any], render: Callable[[Any], 
         if as_json:
             print(json.dumps({"error": str(exc)}, ensure_ascii=False))
         print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(result, ensure_ascii=False, default=str))
     else:

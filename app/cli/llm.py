@@ -31,7 +31,7 @@ def llm_serve(host: Annotated[str, typer.Option(help="address to listen on (keep
         server = serve(host, port, model, n_threads=threads)
     except AssayError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     out.print(f"serving {server.base_url} (OpenAI-compatible; set ASSAY_LLM_BASE_URL={server.base_url} to use it)")
     # Ctrl-C and a plain kill both stop the server; set explicitly, since a process started in the
     # background inherits SIGINT ignored

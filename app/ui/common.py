@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 
-import streamlit as st
-
 import polars as pl
+import streamlit as st
 
 from assay.core.records import RECORD_SCHEMA
 from assay.core.store import Store, default_workspace

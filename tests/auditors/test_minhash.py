@@ -7,15 +7,15 @@ import re
 
 import numpy as np
 import pytest
-
-from assay.auditors.minhash import MinHashConfig, MinHashDuplicates
-from assay.core.audits import audit_columns, audit_detail, filter_version
-from assay.auditors.runner import make_auditor, run_audit
-from assay.core.errors import AssayError
-from assay.pipelines.importer import import_source
 from auditor_helpers import WORD_RE as WORD
 from auditor_helpers import codealpaca, datasketch_labels, jaccard, ref_shingles
 from helpers import write_jsonl
+
+from assay.auditors.minhash import MinHashConfig, MinHashDuplicates
+from assay.auditors.runner import make_auditor, run_audit
+from assay.core.audits import audit_columns, audit_detail, filter_version
+from assay.core.errors import AssayError
+from assay.pipelines.importer import import_source
 
 
 def text_of(row: dict) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from helpers import write_jsonl
+
 from assay.auditors.minhash import MinHashConfig, MinHashDuplicates
 from assay.auditors.runner import run_audit
 from assay.core.audits import audit_columns
 from assay.pipelines.importer import import_source
-from helpers import write_jsonl
 
 
 def test_texts_without_shingles_are_never_clustered(store, tmp_path):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+from auditor_helpers import clean_texts, gsm8k, human_eval
+from ngram_oracle import NumpyEngine, plain_ngrams, plain_scan
 
 from assay.auditors.benchmarks import benchmark_items, load_benchmarks
 from assay.auditors.ngram_index import BenchmarkIndex, NumbaEngine, ngram_matches
-from auditor_helpers import clean_texts, gsm8k, human_eval
-from ngram_oracle import NumpyEngine, plain_ngrams, plain_scan
 
 ENGINES = {"numpy": NumpyEngine, "numba": NumbaEngine}
 
@@ -51,7 +51,7 @@ def test_fast_ngram_path_equals_a_plain_python_set_scan(shared_data, eng):
             assert flagged == [0, 1, 2, 3, 4, 5, 7, 8]
         else:
             assert {0, 1, 2, 3, 4, 5, 6, 7, 8} <= set(flagged)
-        for i, (count, best, grams) in found.items():  # the evidence n-grams are real shared n-grams
+        for i, (_count, best, grams) in found.items():  # the evidence n-grams are real shared n-grams
             assert set(grams) <= plain_ngrams(texts[i], n) & plain_ngrams(bench[best], n)
 
 

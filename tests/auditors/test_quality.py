@@ -3,15 +3,15 @@ import json
 
 import polars as pl
 import pytest
+from helpers import write_jsonl
 
 from assay.auditors.base import AuditContext
-from assay.core.options import help_texts
 from assay.auditors.quality import FLAGS, Quality, QualityConfig
-from assay.core.audits import audit_columns, filter_version
 from assay.auditors.runner import make_auditor, run_audit
+from assay.core.audits import audit_columns, filter_version
+from assay.core.options import help_texts
 from assay.core.records import Message, Record, rows_to_table, with_text
 from assay.pipelines.importer import import_source
-from helpers import write_jsonl
 
 
 def audit(store, rows, **options):

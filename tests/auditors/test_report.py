@@ -1,10 +1,11 @@
 import json
 
+from helpers import write_jsonl
+
 from assay.auditors.exact import ExactDuplicates
 from assay.auditors.report import write_report
 from assay.auditors.runner import run_audit
 from assay.pipelines.importer import import_source
-from helpers import write_jsonl
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 

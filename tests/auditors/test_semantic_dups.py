@@ -8,16 +8,16 @@ import time
 
 import numpy as np
 import pytest
+from auditor_helpers import seed_tasks
+from helpers import write_jsonl
 
-from assay.auditors.semantic_dups import EmbedConfig, SemanticDuplicates, nearest_and_clusters
 from assay.auditors.exact import ExactDuplicates
-from assay.core.audits import audit_columns, filter_version
 from assay.auditors.runner import run_audit
+from assay.auditors.semantic_dups import EmbedConfig, SemanticDuplicates, nearest_and_clusters
+from assay.core.audits import audit_columns, filter_version
 from assay.core.errors import AssayError
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
-from auditor_helpers import seed_tasks
-from helpers import write_jsonl
 
 SEED_TASKS = 100  # the first 100 seed tasks
 

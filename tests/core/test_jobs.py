@@ -7,10 +7,10 @@ import signal
 import time
 
 import pytest
+from helpers import write_jsonl
 
 from assay.core import jobs
 from assay.core.store import Store
-from helpers import write_jsonl
 
 
 def big_file(tmp_path, rows=150_000):

@@ -7,7 +7,7 @@ import pytest
 from assay.core import store as store_mod
 from assay.core.errors import AssayError, UnknownVersion
 from assay.core.records import Record
-from assay.core.store import Store, VersionWriter
+from assay.core.store import VersionWriter
 
 
 def make_version(store, name, n, start=0, **kw):

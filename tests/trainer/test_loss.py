@@ -9,9 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from train_helpers import smoke  # noqa: E402
+
 from assay.trainer.data import FlatCollator, encode_frame  # noqa: E402
 from assay.trainer.loss import linear_cross_entropy_sum, scored_loss_sum  # noqa: E402
-from train_helpers import smoke  # noqa: E402
 
 
 def _plain_and_chunked(chunk: int, train_weight: bool):

@@ -17,15 +17,14 @@ import os
 from pathlib import Path
 
 import pytest
+from train_helpers import GSM8K, SHARED, quick, smoke
 
+from assay.core.chat_tokens import IGNORE, encode_chat, to_messages
 from assay.core.errors import AssayError, UnknownVersion
-from assay.core.store import Store
 from assay.trainer.compare import compare
 from assay.trainer.config import TrainConfig
-from assay.core.chat_tokens import IGNORE, encode_chat, to_messages
 from assay.trainer.data import FlatCollator, PaddedCollator, encode_frame
 from assay.trainer.train import list_train_runs, live_curve, load_run, train
-from train_helpers import GSM8K, SHARED, quick, smoke
 
 
 def test_cpu_smoke_lowers_the_loss_and_records_the_run(ws):
@@ -113,8 +112,8 @@ def test_an_unknown_or_missing_tracker_is_refused_before_the_run(ws):
 def test_padding_free_batches_score_like_padded_batches(ws):
     import torch
 
-    from assay.trainer.loss import scored_loss_sum
     from assay.core.models import load_model, load_tokenizer
+    from assay.trainer.loss import scored_loss_sum
 
     cfg = smoke()
     tok = load_tokenizer(cfg, ws.root)
@@ -298,9 +297,10 @@ def test_smollm2_from_the_gguf_is_cached_and_fine_tunes_with_lora(ws):
 def test_compare_report_escapes_record_text_and_shows_audits(ws, tmp_path):
     """A record carrying HTML reaches the report as text; the stored audit summary of a version
     is shown; the report lands where --out says."""
+    from helpers import write_jsonl
+
     from assay.auditors.runner import make_auditor, run_audit
     from assay.pipelines.importer import import_source
-    from helpers import write_jsonl
 
     rows = ws.read("b").head(12).select("instruction", "input", "output").to_dicts()
     payload = '<script>alert("xss")</script><img src=x onerror=alert(1)>'
@@ -408,9 +408,10 @@ def test_cpu_demo_shows_benchmark_contamination(ws, tmp_path):
     code records with and without 4 GSM8K test items. The contamination probe (perplexity on those
     items' answers, the part a training record would hold as its response) is clearly lower for
     the contaminated version."""
-    from assay.pipelines.importer import import_source
     from helpers import write_jsonl
     from train_helpers import REVIEWS
+
+    from assay.pipelines.importer import import_source
 
     # the 4 shortest of the first 40 GSM8K test items, so that no answer is cut by max_seq_len:
     # they are both what contaminates the version and the probe's benchmark

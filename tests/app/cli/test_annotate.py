@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import write_jsonl
 
 from assay.core import annotation as A
 from assay.core.store import Store
-from helpers import write_jsonl
 
 ROWS = [{"instruction": f"Task {i}", "input": "", "output": f"answer {i}"} for i in range(6)]
 

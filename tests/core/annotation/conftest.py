@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from annotation_helpers import PASSWORD
 
 from assay.core import annotation as A
-from annotation_helpers import PASSWORD
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from annotation_helpers import make_version, work_all
 
 from assay.core import annotation as A
 from assay.core.annotation import finalizing
 from assay.core.errors import AssayError
 from assay.core.records import Record
-from annotation_helpers import make_version, work_all
 
 
 def test_agreement_conflicts_resolve_and_finalize(store, team, workspace):

@@ -10,11 +10,11 @@ import sys
 import textwrap
 
 import pytest
+from annotation_helpers import PASSWORD, make_version, work_all
 
 from assay.core import annotation as A
 from assay.core.errors import AssayError
 from assay.core.records import Record
-from annotation_helpers import PASSWORD, make_version, work_all
 
 
 def test_hand_out_without_overlap_is_disjoint_and_deterministic(store, team):

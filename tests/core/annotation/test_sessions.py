@@ -5,11 +5,11 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from annotation_helpers import make_version
 
 from assay.core import annotation as A
 from assay.core.errors import AssayError
 from assay.core.records import Record
-from annotation_helpers import make_version
 
 
 def test_delete_session_is_admin_only_and_logged(store, team, workspace):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from annotation_helpers import PASSWORD, make_version
 
 from assay.core import annotation as A
 from assay.core.errors import AssayError
-from annotation_helpers import PASSWORD, make_version
 
 
 def test_passwords_are_hashed_and_checked(store, workspace):

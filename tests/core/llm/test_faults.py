@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from fault_server import FAULTS, FaultServer
 
 from assay.core.errors import AssayError

@@ -322,7 +322,8 @@ class Contamination(Auditor):
             near_item=pl.when(by_ngram).then("ngram_item").otherwise("nearest_item"),
         ).filter(
             ~pl.col("contamination_flagged")
-            & ((pl.col("contamination_similarity") >= cfg.threshold - 0.1) | (pl.col("contamination_matched_ngrams") > 0)))
+            & ((pl.col("contamination_similarity") >= cfg.threshold - 0.1)
+               | (pl.col("contamination_matched_ngrams") > 0)))
         near = near.sort(["contamination_matched_ngrams", "contamination_similarity"], descending=True,
                          nulls_last=True).head(50)
         return near.join(bench, on=["near_benchmark", "near_item"], how="left", maintain_order="left").select(

@@ -179,7 +179,8 @@ class Difficulty(Auditor):
 
             found = cache.get_or_compute(records.select("id", "instruction", "input", "output", "messages"), score)
         ifd = found["difficulty_ifd"]
-        columns = found.select("difficulty_ifd", "difficulty_loss_conditioned", "difficulty_loss_response").with_columns(
+        columns = found.select("difficulty_ifd", "difficulty_loss_conditioned",
+                               "difficulty_loss_response").with_columns(
             difficulty_misaligned=(pl.col("difficulty_ifd") > 1).fill_null(False),
             difficulty_unscored=pl.col("difficulty_ifd").is_null())
         scored = ifd.drop_nulls()

@@ -13,9 +13,11 @@ from .base import AuditContext, Auditor, AuditResult
 
 @dataclass
 class ExactConfig:
-    column: str = field(default="text", metadata={"help": "text compared: text (prompt + response), prompt or response"})
+    column: str = field(default="text", metadata={
+        "help": "text compared: text (prompt + response), prompt or response"})
     lowercase: bool = field(default=True, metadata={"help": "fold case before comparing"})
-    collapse_whitespace: bool = field(default=True, metadata={"help": "treat any run of whitespace as one space, trim ends"})
+    collapse_whitespace: bool = field(default=True, metadata={
+        "help": "treat any run of whitespace as one space, trim ends"})
     strip_punctuation: bool = field(default=True, metadata={"help": "drop punctuation and symbols (Unicode P* and S*)"})
     unicode_nfkc: bool = field(default=True, metadata={"help": "NFKC-normalise (full-width letters, ligatures, ...)"})
 

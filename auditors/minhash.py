@@ -88,13 +88,15 @@ _TEXT_CHUNK = 4 << 20  # bytes of text shingled and signed at a time
 
 @dataclass
 class MinHashConfig:
-    column: str = field(default="text", metadata={"help": "text compared: text (prompt + response), prompt or response"})
+    column: str = field(default="text", metadata={
+        "help": "text compared: text (prompt + response), prompt or response"})
     shingle: str = field(default="word", metadata={
         "help": "shingle unit: word (runs of letters/digits; punctuation separates) or char (for unspaced scripts)"})
     ngram: int = field(default=5, metadata={
         "help": "words (or characters) per shingle; 5 words: one edited word in a 100-word text keeps Jaccard ~0.9, "
                 "while shared stock phrases do not make different texts look alike"})
-    num_perm: int = field(default=128, metadata={"help": "hash functions per signature (Jaccard estimate sd ~ 0.035 at 0.8)"})
+    num_perm: int = field(default=128, metadata={
+        "help": "hash functions per signature (Jaccard estimate sd ~ 0.035 at 0.8)"})
     threshold: float = field(default=0.8, metadata={
         "help": "estimated Jaccard at or above which two records are near-duplicates, in (0, 1]"})
     candidate_threshold: float | None = field(default=None, metadata={
@@ -105,7 +107,8 @@ class MinHashConfig:
                 "whose estimate is within 0.2 of the threshold) or estimate (the signatures' share of equal "
                 "minima, as datasketch does)"})
     bands: int | None = field(default=None, metadata={
-        "help": "LSH bands; with rows, overrides the bands/rows chosen from the candidate threshold (bands*rows <= num_perm)"})
+        "help": "LSH bands; with rows, overrides the bands/rows chosen from the candidate threshold "
+                "(bands*rows <= num_perm)"})
     rows: int | None = field(default=None, metadata={"help": "LSH rows per band (give with bands)"})
     false_positive_weight: float = field(default=0.1, metadata={
         "help": "weight of false positives when choosing bands/rows (candidates are verified, so they are cheap)"})

@@ -176,5 +176,6 @@ def write_report(store: Store, ref: str, out: str, compare: str | None = None) -
     json_path = out_path.with_suffix(".json")
     out_path.write_text(html, encoding="utf-8")
     json_path.write_text(json.dumps(public, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
-    return {"html": str(out_path), "json": str(json_path), "versions": [c["version"]["ref"] for c in report["versions"]],
+    return {"html": str(out_path), "json": str(json_path),
+            "versions": [c["version"]["ref"] for c in report["versions"]],
             "auditors": sorted({a for c in report["versions"] for a in c["audits"]})}

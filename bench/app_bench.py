@@ -151,7 +151,8 @@ def main(args: argparse.Namespace) -> dict:
             results["assay"][step] = run_child("assay", ws=str(ws), version=manifest.id, step=step,
                                                threshold=threshold)
             print(f"assay  {step:<11} {results['assay'][step]['seconds']:7.3f} s  "
-                  f"peak {results['assay'][step]['peak_rss_mb']:7.0f} MB  ({results['assay'][step]['count']:,} rows match)",
+                  f"peak {results['assay'][step]['peak_rss_mb']:7.0f} MB  "
+                  f"({results['assay'][step]['count']:,} rows match)",
                   flush=True)
         for lib in ("pandas", "polars"):
             for step in ("first_page", "filter", "search"):

@@ -107,11 +107,13 @@ def main() -> None:
             "load_average": os.getloadavg(),
         }
         print(f"records {args.records:,}  auditors {args.auditors}")
-        for label, step in [("parent cold audit   ", cold), (f"child ({figures['child_fraction']:.0%}) cold   ", child_cold),
+        for label, step in [("parent cold audit   ", cold),
+                            (f"child ({figures['child_fraction']:.0%}) cold   ", child_cold),
                             ("child warm (cache)  ", warm)]:
             print(f"{label} {step['seconds']:8.2f} s wall {step['cpu_seconds']:8.2f} s CPU   "
                   f"peak RSS {step['peak_rss_mb']:8.0f} MB")
-        print(f"cache speed-up: {figures['cache_speedup']:.1f}x wall, {figures['cache_speedup_cpu']:.1f}x CPU (goal >= 20x); "
+        print(f"cache speed-up: {figures['cache_speedup']:.1f}x wall, {figures['cache_speedup_cpu']:.1f}x CPU "
+              "(goal >= 20x); "
               f"peak memory {max(cold['peak_rss_mb'], warm['peak_rss_mb']) / 1024:.2f} GB (goal <= 8 GB)")
         write_json(args.json_out, figures)
     finally:

@@ -87,7 +87,8 @@ def planted_records() -> list[dict]:
     rows = [{"instruction": gsm[i]["question"], "input": "", "output": gsm[i]["answer"]} for i in range(0, 1300, 130)]
     rows += [{"instruction": "Solve it.", "input": gsm[i]["question"].upper().replace(".", " ;"), "output": "42"}
              for i in range(7, 1300, 260)]
-    rows += [{"instruction": "Complete the function.", "input": "", "output": he[i]["prompt"] + he[i]["canonical_solution"]}
+    rows += [{"instruction": "Complete the function.", "input": "",
+              "output": he[i]["prompt"] + he[i]["canonical_solution"]}
              for i in range(3, 164, 33)]
     return rows
 
@@ -150,12 +151,14 @@ def ngram_part(args) -> dict:
         "engine": eng.name, "first_call_s": round(warmup, 2),
         "fast_s": [round(x, 3) for x in fast_times], "plain_s": [round(x, 3) for x in plain_times],
         "numpy_engine_s": round(numpy_time, 3),
-        "ratio_best": round(plain / fast, 1), "ratio_median": round(statistics.median(plain_times) / statistics.median(fast_times), 1),
+        "ratio_best": round(plain / fast, 1),
+        "ratio_median": round(statistics.median(plain_times) / statistics.median(fast_times), 1),
         "flagged_records": len(flagged_fast), "planted": len(planted_records()), "identical": True,
     }
     print(f"  fast path ({eng.name}): {', '.join(f'{x:.3f}' for x in fast_times)} s  "
           f"({len(texts) / fast:,.0f} records/s, {megabytes / fast:.0f} MB/s)")
-    print(f"  plain Python scan:  {', '.join(f'{x:.3f}' for x in plain_times)} s  ({len(texts) / plain:,.0f} records/s)")
+    print(f"  plain Python scan:  {', '.join(f'{x:.3f}' for x in plain_times)} s  "
+          f"({len(texts) / plain:,.0f} records/s)")
     print(f"  ratio {result['ratio_best']}x best-of-{args.repeats}, {result['ratio_median']}x median (goal >= 10x)")
     print(f"  numpy oracle engine: {numpy_time:.3f} s ({plain / numpy_time:.1f}x the plain scan)")
     print(f"  flagged {len(flagged_fast)} records (planted {result['planted']}): identical to the plain scan, "
@@ -204,7 +207,8 @@ def embedding_part(args) -> dict:
             "records": version.records, "model_load_s": round(load_s, 2),
             "cold_s": round(cold_s, 2), "cold_records_per_s": round(version.records / cold_s, 1),
             "warm_rerun_s": round(warm_s, 3), "warm_rerun_records_per_s": round(version.records / warm_s),
-            "embeddings_cached_s": round(rebuilt_s, 2), "embeddings_cached_records_per_s": round(version.records / rebuilt_s),
+            "embeddings_cached_s": round(rebuilt_s, 2),
+            "embeddings_cached_records_per_s": round(version.records / rebuilt_s),
             "semantic_flagged": summary["semantic_records"], "ngram_flagged": summary["ngram_records"],
             "semantic_rate": summary["semantic_records"] / version.records,
             "similarity_quantiles": {q: round(float(sims.quantile(q)), 3) for q in (0.5, 0.9, 0.99, 0.999, 1.0)},
@@ -213,7 +217,8 @@ def embedding_part(args) -> dict:
         print(f"  cold (embed {version.records:,} records + {summary['benchmark_items']:,} benchmark items): "
               f"{cold_s:.1f} s = {result['cold_records_per_s']} records/s")
         print(f"  re-run, contamination cache warm: {warm_s:.3f} s = {result['warm_rerun_records_per_s']:,} records/s")
-        print(f"  ngram=8, embeddings cached: {rebuilt_s:.2f} s = {result['embeddings_cached_records_per_s']:,} records/s")
+        print(f"  ngram=8, embeddings cached: {rebuilt_s:.2f} s = "
+              f"{result['embeddings_cached_records_per_s']:,} records/s")
         print(f"  clean records flagged by the embedding tier: {summary['semantic_records']} of {version.records:,} "
               f"({100 * result['semantic_rate']:.2f}%); nearest-item cosine quantiles {result['similarity_quantiles']}")
         for ex in summary["examples"]:
@@ -228,7 +233,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=10, help="times all of CodeAlpaca is repeated (n-gram part)")
     parser.add_argument("--ngram", type=int, default=13)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each n-gram scan (best and median shown)")
-    parser.add_argument("--embed-records", type=int, default=1500, help="CodeAlpaca records for the embedding part (0: skip)")
+    parser.add_argument("--embed-records", type=int, default=1500,
+                        help="CodeAlpaca records for the embedding part (0: skip)")
     parser.add_argument("--json-out", help="also write the figures as JSON here")
     args = parser.parse_args()
     info = machine()

@@ -142,7 +142,8 @@ def backends(frame: pl.DataFrame, config: MinHashConfig) -> dict:
         return out
     flat = (hashes >> np.uint64(32)).astype(np.uint64)
     offs = offsets.astype(np.uint64)
-    matrix, wall, cpu = timed(lambda: rensa.RMinHash.digest_matrix_from_flat_token_hashes(flat, offs, config.num_perm, config.seed))
+    matrix, wall, cpu = timed(lambda: rensa.RMinHash.digest_matrix_from_flat_token_hashes(flat, offs, config.num_perm,
+                                                                                          config.seed))
     _, wall2, cpu2 = timed(lambda: np.array(matrix.to_rows(), dtype=np.uint32))
     out["rensa"] = {"compute_wall_s": round(wall, 3), "compute_cpu_s": round(cpu, 3),
                     "export_to_numpy_wall_s": round(wall2, 3), "export_to_numpy_cpu_s": round(cpu2, 3),
@@ -210,7 +211,8 @@ def main() -> None:
     info = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine()}
     print(f"machine: {json.dumps(info['machine'])}")
     docs, planted = synthesise(args.docs, args.seed)
-    truth_j = np.array([len(ref_shingles(docs[a]) & ref_shingles(docs[b])) / len(ref_shingles(docs[a]) | ref_shingles(docs[b]))
+    truth_j = np.array([len(ref_shingles(docs[a]) & ref_shingles(docs[b]))
+                        / len(ref_shingles(docs[a]) | ref_shingles(docs[b]))
                         for a, b, _ in planted])
     print(f"data: {len(docs)} documents, {len(planted)} planted copies; exact Jaccard of planted pairs: "
           f"min {truth_j.min():.3f} median {np.median(truth_j):.3f} max {truth_j.max():.3f}, "
@@ -231,7 +233,8 @@ def main() -> None:
           f"bands x rows {bands} x {rows}; {result.summary['duplicate_records']} duplicates")
 
     ref_labels, r_wall, r_cpu = run_datasketch(docs, args.threshold, args.num_perm, (bands, rows))
-    print(f"datasketch: {r_wall:.2f} s wall, {r_cpu:.2f} s CPU; {int((ref_labels != np.arange(len(docs))).sum())} duplicates")
+    print(f"datasketch: {r_wall:.2f} s wall, {r_cpu:.2f} s CPU; "
+          f"{int((ref_labels != np.arange(len(docs))).sum())} duplicates")
 
     speed = {"wall": round(r_wall / a_wall, 1), "cpu": round(r_cpu / a_cpu, 1)}
     print(f"speed ratio (datasketch / assay): {speed['wall']}x wall, {speed['cpu']}x CPU (goal >= 20x)")

@@ -312,7 +312,8 @@ def main(args: argparse.Namespace) -> dict:
         def runs(r: dict) -> str:
             return ", ".join(f"{x:.1f}" for x in r["runs_seconds"])
 
-        print(f"\n[2] import  assay: {imp['seconds']:.1f} s (runs: {runs(imp)}), {imp['records_per_s']:,.0f} records/s, "
+        print(f"\n[2] import  assay: {imp['seconds']:.1f} s (runs: {runs(imp)}), "
+              f"{imp['records_per_s']:,.0f} records/s, "
               f"peak RSS {imp['peak_rss_mb']:,.0f} MB")
         print(f"            datasets.load_dataset: {hf['seconds']:.1f} s (runs: {runs(hf)}), "
               f"{hf['records_per_s']:,.0f} records/s, peak RSS {hf['peak_rss_mb']:,.0f} MB")
@@ -387,7 +388,8 @@ def main(args: argparse.Namespace) -> dict:
         print(f"  filter   child wrote {results['filter']['bytes_ratio']:.4%} of the parent's bytes "
               f"({written:,} of {parent_bytes:,})   goal <= 1%: "
               f"{'met' if results['goals']['filter_bytes_ratio_le_1pct'] else 'MISSED'}")
-        print(f"  paging   worst first call {worst['seconds']:.3f} s median, {max(p['max_seconds'] for p in pages):.3f} s "
+        print(f"  paging   worst first call {worst['seconds']:.3f} s median, "
+              f"{max(p['max_seconds'] for p in pages):.3f} s "
               f"slowest run ({worst['version']} {worst['position']} page, {worst['cache']}),\n"
               f"           worst repeated call {max(p['repeat_seconds'] for p in pages):.3f} s, "
               f"max peak RSS {max(p['peak_rss_mb'] for p in pages):,.0f} MB   goal < 1 s: "

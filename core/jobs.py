@@ -140,7 +140,8 @@ def _settle(catalog: Catalog, row) -> None:
     if row["status"] == "queued" and row["pid"] is None:
         return  # start() is between inserting the row and launching the process
     with catalog.write() as conn:
-        conn.execute("UPDATE jobs SET status='failed', ended_at=?, error=? WHERE id=? AND status IN ('queued','running')",
+        conn.execute("UPDATE jobs SET status='failed', ended_at=?, error=? "
+                     "WHERE id=? AND status IN ('queued','running')",
                      (_now(), f"the job's process died without recording an outcome; see its log {row['log_path']}",
                       row["id"]))
 

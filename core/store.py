@@ -269,7 +269,8 @@ class Store:
             return pl.from_arrow(RECORD_SCHEMA.empty_table()).with_columns(_pos=pl.Series([], dtype=pl.Int64))
         found = pl.concat(pieces)
         order = pl.DataFrame({"_pos": positions}).with_row_index("_order")
-        return order.join(found.unique("_pos", maintain_order=True), on="_pos", how="left").sort("_order").drop("_order")
+        return (order.join(found.unique("_pos", maintain_order=True), on="_pos", how="left")
+                .sort("_order").drop("_order"))
 
     # ---- operations over versions -------------------------------------------------------------
     def filter(self, ref: str, where: str, name: str | None = None, *,

@@ -36,8 +36,17 @@ from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, re
 from assay.core.llm.journal import run_record
 from assay.core.records import Record
 from assay.core.store import Store
-from assay.pipelines.generate import (GenerationReport, Generator, commit_records, default_run_id,
-                                      failure_rows, load_prompt, provenance, render, sampling_params)
+from assay.pipelines.generate import (
+    GenerationReport,
+    Generator,
+    commit_records,
+    default_run_id,
+    failure_rows,
+    load_prompt,
+    provenance,
+    render,
+    sampling_params,
+)
 
 NER_TASKS = ("entity_extraction", "span_classification", "ner")
 CLS_TASKS = ("topic_classification", "label_verification", "review_generation")
@@ -80,7 +89,8 @@ def load_meta(source: str, meta: str | None) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise AssayError(f"chain-of-task: task definition {path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        raise AssayError(f"chain-of-task: task definition {path}: not valid JSON "
+                         f"({exc.msg}, line {exc.lineno})") from None
     if not isinstance(doc, dict):
         raise AssayError(f"chain-of-task: task definition {path}: expected a JSON object")
     for key in META_FIELDS:

@@ -30,8 +30,17 @@ from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, re
 from assay.core.llm.journal import run_record
 from assay.core.records import Record
 from assay.core.store import Store
-from assay.pipelines.generate import (GenerationReport, Generator, commit_records, default_run_id,
-                                      failure_rows, load_prompt, provenance, render, sampling_params)
+from assay.pipelines.generate import (
+    GenerationReport,
+    Generator,
+    commit_records,
+    default_run_id,
+    failure_rows,
+    load_prompt,
+    provenance,
+    render,
+    sampling_params,
+)
 
 LANGUAGES = {
     ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript",
@@ -290,8 +299,8 @@ class CodeEdits(Generator):
         for s in skipped:
             filtered[s["reason"]] = filtered.get(s["reason"], 0) + 1
         if not seeds:  # nothing to send: say why rather than commit an empty version
-            raise AssayError(f"code-edits: no edits in the last {walked} commit(s) of {cfg.rev} in {repo}"
-                             + (f" (skipped: {', '.join(f'{k} {v}' for k, v in filtered.items())})" if filtered else ""))
+            skipped = f" (skipped: {', '.join(f'{k} {v}' for k, v in filtered.items())})" if filtered else ""
+            raise AssayError(f"code-edits: no edits in the last {walked} commit(s) of {cfg.rev} in {repo}{skipped}")
         if cfg.max_edits is not None and len(seeds) > cfg.max_edits:
             filtered["enough"] = len(seeds) - cfg.max_edits
             seeds = seeds[:cfg.max_edits]

@@ -37,11 +37,20 @@ from assay.core.errors import AssayError, BadInput
 from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, reply_text
 from assay.core.llm.journal import run_record
 from assay.core.records import Record, record_id
-from assay.core.store import Store
-from assay.pipelines.generate import (GenerationReport, Generator, commit_records, default_run_id,
-                                      failure_rows, load_prompt, provenance, render, sampling_params)
 from assay.core.sources import ALIASES, open_source
+from assay.core.store import Store
 from assay.core.text import rouge_l, tokens
+from assay.pipelines.generate import (
+    GenerationReport,
+    Generator,
+    commit_records,
+    default_run_id,
+    failure_rows,
+    load_prompt,
+    provenance,
+    render,
+    sampling_params,
+)
 
 DEPTH_OPS = ("add_constraints", "deepen", "concretise", "increase_reasoning")
 OPERATIONS = (*DEPTH_OPS, "breadth")
@@ -176,7 +185,7 @@ def load_source(store: Store, ref: str, limit: int | None) -> tuple[str, list[It
         for pos, row in src.rows:
             if not isinstance(row, dict):
                 raise BadInput(ref, "expected an object per row", line=pos, unit=src.unit)
-            get = lambda k: row.get(k, next((row[a] for a in ALIASES[k] if a in row), None))  # noqa: E731
+            get = lambda k, row=row: row.get(k, next((row[a] for a in ALIASES[k] if a in row), None))  # noqa: E731
             rows.append((str(get("instruction") or ""), str(get("input") or ""), str(get("output") or "")))
     else:
         manifest = store.resolve(ref)

@@ -32,8 +32,8 @@ from typing import Any, ClassVar
 import jinja2
 
 from assay.core.errors import AssayError
-from assay.core.options import options
 from assay.core.llm import LLMConfig, Result
+from assay.core.options import options
 from assay.core.records import Provenance, Record, rows_to_table
 from assay.core.store import Manifest, Store, VersionWriter
 
@@ -203,9 +203,9 @@ def generator_options(kind: str) -> list[dict[str, Any]]:
 def generate(store: Store, kind: str, name: str, config_dict: dict[str, Any] | None = None,
              llm_config: LLMConfig | dict[str, Any] | None = None, run_id: str | None = None,
              parents: list[str] | None = None) -> dict[str, Any]:
-    """Run generator `kind` ('templates', 'self-instruct', 'evol-instruct', 'code-edits', 'chain-of-task') with options `config_dict`; commit a new
-    version of `name`; return the report as a dict (version, ref, records, requested, failed, run_id,
-    filtered, failures, details)."""
+    """Run generator `kind` ('templates', 'self-instruct', 'evol-instruct', 'code-edits', 'chain-of-task')
+    with options `config_dict`; commit a new version of `name`; return the report as a dict (version, ref,
+    records, requested, failed, run_id, filtered, failures, details)."""
     known = generators()
     if kind not in known:
         raise AssayError(f"unknown generator {kind!r}: generators are {', '.join(sorted(known))}")

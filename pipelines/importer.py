@@ -199,8 +199,9 @@ def _normalise(row: Any, pos: int, layout: Layout, source: Source, out: _Columns
                 raise BadInput(source.label, f"instance {i} has no output", line=pos, field="instances",
                                unit=source.unit)
             inst_input = inst.get("input")
-            out.append(instruction,
-                       "" if inst_input is None else _text(inst_input, source=source, pos=pos, name=f"instances[{i}].input"),
+            text_input = "" if inst_input is None else _text(inst_input, source=source, pos=pos,
+                                                             name=f"instances[{i}].input")
+            out.append(instruction, text_input,
                        _text(inst["output"], source=source, pos=pos, name=f"instances[{i}].output"),
                        None, {**meta, "instance": i}, provenance_source, pos)
         return
@@ -221,8 +222,10 @@ def import_source(store: Store, path: str, name: str, config: ImportConfig | Non
                          f"{chunk_bytes * MEMORY_PER_CHUNK_BYTE / (1 << 20):,.0f} MB, over max_memory_mb="
                          f"{config.max_memory_mb:g}; lower chunk_mb")
     source = open_source(path, config.format, config.split)
-    provenance_source = source_label if source_label else source.label if "://" in source.label or source.label.startswith("hf:") \
-        else str(Path(source.label.split("[")[0]).resolve()) + source.label[len(source.label.split("[")[0]):]
+    # Local paths are recorded absolute (keeping any "[split]" suffix); URLs and hf: names as given.
+    base, suffix = source.label.split("[")[0], source.label[len(source.label.split("[")[0]):]
+    is_remote = "://" in source.label or source.label.startswith("hf:")
+    provenance_source = source_label or (source.label if is_remote else str(Path(base).resolve()) + suffix)
     sample: list[tuple[int, Any]] = []
     for item in source.rows:
         sample.append(item)

@@ -31,11 +31,20 @@ from assay.core.errors import AssayError, BadInput
 from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, parse_json
 from assay.core.llm.journal import run_record
 from assay.core.records import Record, record_id
+from assay.core.sources import ALIASES, open_source
 from assay.core.store import Store
 from assay.core.text import rouge_l, tokens
-from assay.pipelines.generate import (GenerationReport, Generator, commit_records, default_run_id,
-                                      failure_rows, load_prompt, provenance, render, sampling_params)
-from assay.core.sources import ALIASES, open_source
+from assay.pipelines.generate import (
+    GenerationReport,
+    Generator,
+    commit_records,
+    default_run_id,
+    failure_rows,
+    load_prompt,
+    provenance,
+    render,
+    sampling_params,
+)
 
 # From the paper's code (self_instruct/bootstrap_instructions.py): tasks a language model cannot do.
 BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",

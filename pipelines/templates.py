@@ -24,10 +24,9 @@ import yaml
 from assay.core.errors import AssayError, BadInput
 from assay.core.llm import LLMConfig
 from assay.core.records import Record, export_row, record_id
-from assay.core.store import Store
-from assay.pipelines.generate import (GenerationReport, Generator, commit_records,
-                                      compile_template, provenance, render)
 from assay.core.sources import ALIASES, open_source
+from assay.core.store import Store
+from assay.pipelines.generate import GenerationReport, Generator, commit_records, compile_template, provenance, render
 
 LIBRARY = Path(__file__).resolve().parent / "template_library" / "flan.yaml"
 MODES = ("zero-shot", "few-shot", "both")

@@ -96,7 +96,8 @@ def test_every_package_folder_is_in_the_wheel():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     listed = set(config["tool"]["setuptools"]["packages"])
     folders = {module_name(p) for p in source_files() if p.name == "__init__.py"}
-    assert folders - listed == set(), f"packages missing from pyproject's [tool.setuptools] packages: {folders - listed}"
+    assert folders - listed == set(), (f"packages missing from pyproject's [tool.setuptools] packages: "
+                                       f"{folders - listed}")
     assert listed - folders == set(), f"pyproject lists packages that do not exist: {listed - folders}"
 
 

@@ -176,5 +176,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                 lora_target_modules="all-linear", warmup_ratio=0.03, max_steps=0, epochs=2.0,
                 max_records=0, batch_size=16, grad_accum=2, max_seq_len=1024, logging_steps=10,
                 save_steps=200, reference_records=500, benchmark_items=500, eval_batch_size=32,
-                flat_multiple_of=256, loss_chunk_tokens=0, rouge_records=64, max_new_tokens=128, use_cpu=False, bf16=True),
+                flat_multiple_of=256, loss_chunk_tokens=0, rouge_records=64, max_new_tokens=128, use_cpu=False,
+                bf16=True),
 }

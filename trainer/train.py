@@ -104,7 +104,8 @@ def resolve_reference(store: Store, config: TrainConfig) -> Manifest:
     except AssayError as exc:
         path = Path(config.reference)
         if not path.is_file():
-            raise AssayError(f"train: reference set {config.reference!r} is neither a version nor a file: {exc}") from exc
+            raise AssayError(f"train: reference set {config.reference!r} "
+                             f"is neither a version nor a file: {exc}") from exc
     name = "eval-" + (re.sub(r"[^A-Za-z0-9_.\-]", "-", path.name.split(".")[0]) or "reference")
     manifest = import_source(store, str(path), name, show_progress=False)
     config.reference = manifest.id
@@ -413,7 +414,8 @@ def load_run(store: Store, run_id: str) -> dict[str, Any]:
 def list_train_runs(store: Store, version: str | None = None) -> list[dict[str, Any]]:
     """Train runs, newest first (optionally only those on one version ref)."""
     store.catalog.ensure_schema(TRAIN_RUNS_SCHEMA)
-    sql = "SELECT run_id, version, ref, preset, model, method, status, created_at, finished_at, metrics, path FROM train_runs"
+    sql = ("SELECT run_id, version, ref, preset, model, method, status, created_at, finished_at, metrics, path "
+           "FROM train_runs")
     rows = (store.catalog.query(sql + " WHERE version = ? ORDER BY created_at DESC", (store.resolve(version).id,))
             if version else store.catalog.query(sql + " ORDER BY created_at DESC"))
     return [{**dict(r), "metrics": json.loads(r["metrics"]) if r["metrics"] else None} for r in rows]

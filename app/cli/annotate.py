@@ -30,7 +30,8 @@ _acting: dict[str, Optional[str]] = {}
 
 @annotate_app.callback()
 def _annotate(user: Annotated[Optional[str], typer.Option(
-        "--user", "-u", help="act as this user (password from $ASSAY_PASSWORD or a prompt); default: the local operator")] = None) -> None:
+        "--user", "-u", help="act as this user (password from $ASSAY_PASSWORD or a prompt); "
+                             "default: the local operator")] = None) -> None:
     _acting["user"] = user
 
 
@@ -54,7 +55,8 @@ def _csv(value: Optional[str]) -> list[str]:
 @users_app.command("add")
 def users_add(name: Annotated[str, typer.Argument(help="user name")],
               role: Annotated[str, typer.Option("--role", help="admin or annotator")] = "annotator",
-              password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
+              password_stdin: Annotated[bool, typer.Option("--password-stdin",
+                                                           help="read the password from stdin")] = False,
               as_json: JsonFlag = False) -> None:
     """Add a user; the password is asked for (or read from stdin), and only its scrypt hash is kept."""
 
@@ -82,24 +84,31 @@ def users_list(as_json: JsonFlag = False) -> None:
 
 @annotate_app.command("create")
 def create(version: Annotated[str, typer.Argument(help="version to annotate (id, prefix, NAME or NAME@N)")],
-           name: Annotated[Optional[str], typer.Option("--name", "-n", help="session name (default: VERSION-review)")] = None,
+           name: Annotated[Optional[str], typer.Option("--name", "-n",
+                                                       help="session name (default: VERSION-review)")] = None,
            where: Annotated[Optional[str], typer.Option("--where", help="annotate a saved filter of the version "
                                                         "(a SQL condition, as in `assay filter`)")] = None,
            overlap: Annotated[int, typer.Option("--overlap", "-k", help="annotators who see each record")] = 1,
-           annotators: Annotated[Optional[str], typer.Option("--annotators", help="comma-separated user names (default: everyone)")] = None,
-           reasons: Annotated[Optional[str], typer.Option("--reasons", help="comma-separated reasons annotators may tick")] = None,
-           categories: Annotated[Optional[str], typer.Option("--categories", help="comma-separated categories, one picked per record")] = None,
-           allow_edit: Annotated[bool, typer.Option("--allow-edit", help="annotators may edit instruction, input and output (a chat record: its turns' text)")] = False,
+           annotators: Annotated[Optional[str], typer.Option(
+               "--annotators", help="comma-separated user names (default: everyone)")] = None,
+           reasons: Annotated[Optional[str], typer.Option("--reasons",
+                                                          help="comma-separated reasons annotators may tick")] = None,
+           categories: Annotated[Optional[str], typer.Option(
+               "--categories", help="comma-separated categories, one picked per record")] = None,
+           allow_edit: Annotated[bool, typer.Option("--allow-edit",
+                                                    help="annotators may edit instruction, input and output "
+                                                         "(a chat record: its turns' text)")] = False,
            as_json: JsonFlag = False) -> None:
     """Create an annotation session over a version."""
 
     def work():
         schema = ann.LabelSchema(reasons=_csv(reasons), categories=_csv(categories), allow_edit=allow_edit)
-        s = ann.create_session(current_store(), _actor(), version, name=name, where=where, schema=schema, overlap=overlap,
-                               annotators=_csv(annotators))
+        s = ann.create_session(current_store(), _actor(), version, name=name, where=where, schema=schema,
+                               overlap=overlap, annotators=_csv(annotators))
         return s.summary()
 
-    run_command(as_json, work, lambda r: out.print(f"session {r['name']} ({r['id']}): {r['items']} records, overlap {r['overlap']}"))
+    run_command(as_json, work, lambda r: out.print(
+        f"session {r['name']} ({r['id']}): {r['items']} records, overlap {r['overlap']}"))
 
 
 @annotate_app.command("status")
@@ -175,14 +184,17 @@ def export(session: Annotated[str, typer.Argument(help="session id or name")],
 
 @annotate_app.command("finalize")
 def finalize(session: Annotated[str, typer.Argument(help="session id or name")],
-             name: Annotated[Optional[str], typer.Option("--name", "-n", help="dataset for the new version (default: the same)")] = None,
-             allow_undecided: Annotated[bool, typer.Option("--allow-undecided", help="leave undecided records out instead of refusing")] = False,
+             name: Annotated[Optional[str], typer.Option(
+                 "--name", "-n", help="dataset for the new version (default: the same)")] = None,
+             allow_undecided: Annotated[bool, typer.Option(
+                 "--allow-undecided", help="leave undecided records out instead of refusing")] = False,
              resume: Annotated[bool, typer.Option("--resume", help="finish a finalize that was interrupted")] = False,
              as_json: JsonFlag = False) -> None:
     """Make the session's accepted (and edited) records a new version; the session then closes."""
 
     def work():
-        return ann.finalize(current_store(), _actor(), session, name=name, allow_undecided=allow_undecided, resume=resume)
+        return ann.finalize(current_store(), _actor(), session, name=name, allow_undecided=allow_undecided,
+                            resume=resume)
 
     run_command(as_json, work, lambda r: out.print(
         f"{r['ref']} ({r['version'][:12]}): {r['records']} records; accepted {r['params']['accepted']}, "

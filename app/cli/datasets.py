@@ -21,18 +21,22 @@ app = typer.Typer()
 def import_(path: Annotated[str, typer.Argument(help="file (.jsonl .json .csv .tsv .parquet, optionally .gz), "
                                                      "a saved HF dataset folder, or hf:OWNER/NAME")],
             name: Annotated[str, typer.Option("--name", "-n", help="dataset name")],
-            map_: Annotated[Optional[str], typer.Option("--map", help="FIELD=COLUMN,... e.g. instruction=question,output=answer")] = None,
-            fmt: Annotated[Optional[str], typer.Option("--format", help="override the format the extension implies")] = None,
+            map_: Annotated[Optional[str], typer.Option(
+                "--map", help="FIELD=COLUMN,... e.g. instruction=question,output=answer")] = None,
+            fmt: Annotated[Optional[str], typer.Option(
+                "--format", help="override the format the extension implies")] = None,
             split: Annotated[Optional[str], typer.Option("--split", help="split of a Hugging Face dataset")] = None,
             as_json: JsonFlag = False) -> None:
     """Import a file or dataset as a new version."""
 
     def work():
-        m = import_source(current_store(), path, name, ImportConfig(mapping=parse_mapping(map_), format=fmt, split=split),
+        m = import_source(current_store(), path, name,
+                          ImportConfig(mapping=parse_mapping(map_), format=fmt, split=split),
                           show_progress=None if not as_json else False)
         return {**m.summary(), "mapping": m.params["mapping"]}
 
-    run_command(as_json, work, lambda r: out.print(f"imported {r['records']} records as {r['ref']} ({r['version'][:12]})"))
+    run_command(as_json, work, lambda r: out.print(
+        f"imported {r['records']} records as {r['ref']} ({r['version'][:12]})"))
 
 
 @app.command()
@@ -102,14 +106,16 @@ def lineage(version: Annotated[str, typer.Argument(help="id, id prefix, NAME or 
             out.print(f"{v['ref']:<24} {v['version'][:12]}  {v['operation']:<8} {v['records']:>9} records  "
                       f"{json.dumps(v['params'], ensure_ascii=False)}")
 
-    run_command(as_json, lambda: {"version": current_store().resolve(version).id, "lineage": current_store().lineage(version)}, render)
+    run_command(as_json, lambda: {"version": current_store().resolve(version).id,
+                                  "lineage": current_store().lineage(version)}, render)
 
 
 @app.command("filter")
 def filter_(version: Annotated[str, typer.Argument(help="version to filter")],
             where: Annotated[str, typer.Option("--where", help="SQL condition over record fields and audit columns, "
                                                        "e.g. \"length(output) > 20 AND NOT minhash_duplicate\"")],
-            name: Annotated[Optional[str], typer.Option("--name", "-n", help="dataset for the new version (default: the same)")] = None,
+            name: Annotated[Optional[str], typer.Option(
+                "--name", "-n", help="dataset for the new version (default: the same)")] = None,
             as_json: JsonFlag = False) -> None:
     """Make a new version keeping the records for which --where is true."""
 
@@ -121,12 +127,15 @@ def filter_(version: Annotated[str, typer.Argument(help="version to filter")],
 
 @app.command()
 def export(version: Annotated[str, typer.Argument(help="version to export")],
-           path: Annotated[str, typer.Argument(help="out.jsonl, out.json, out.parquet, a folder (saved HF dataset) or hf:OWNER/NAME")],
+           path: Annotated[str, typer.Argument(help="out.jsonl, out.json, out.parquet, a folder (saved HF dataset) "
+                                                    "or hf:OWNER/NAME")],
            fmt: Annotated[Optional[str], typer.Option("--format", help="jsonl, json, parquet, hf-disk, hf")] = None,
-           provenance: Annotated[bool, typer.Option("--provenance", help="add _id and _provenance to every row")] = False,
+           provenance: Annotated[bool, typer.Option(
+               "--provenance", help="add _id and _provenance to every row")] = False,
            as_json: JsonFlag = False) -> None:
     """Write a version to a file or dataset."""
-    run_command(as_json, lambda: export_version(current_store(), version, path, ExportConfig(format=fmt, provenance=provenance)),
+    run_command(as_json, lambda: export_version(current_store(), version, path,
+                                                ExportConfig(format=fmt, provenance=provenance)),
                 lambda r: out.print(f"wrote {r['records']} records of {r['ref']} to {r['path']} ({r['format']})"))
 
 

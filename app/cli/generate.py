@@ -18,11 +18,13 @@ app = typer.Typer()
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def generate(ctx: typer.Context,
-             kind: Annotated[str, typer.Argument(help="templates, self-instruct, evol-instruct, code-edits or chain-of-task")],
+             kind: Annotated[str, typer.Argument(help="templates, self-instruct, evol-instruct, code-edits "
+                                                      "or chain-of-task")],
              name: Annotated[str, typer.Option("--name", "-n", help="dataset for the new version")],
              run_id: Annotated[Optional[str], typer.Option("--run-id", help="resume or name the LLM run")] = None,
              base_url: Annotated[Optional[str], typer.Option("--base-url", envvar="ASSAY_LLM_BASE_URL",
-                                                             help="OpenAI-compatible endpoint (default: embedded llama.cpp)")] = None,
+                                                             help="OpenAI-compatible endpoint "
+                                                                  "(default: embedded llama.cpp)")] = None,
              model: Annotated[Optional[str], typer.Option("--model", help="model name at the endpoint")] = None,
              temperature: Annotated[Optional[float], typer.Option("--temperature")] = None,
              max_tokens: Annotated[Optional[int], typer.Option("--max-tokens")] = None,

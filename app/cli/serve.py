@@ -14,8 +14,10 @@ app = typer.Typer()
 
 @app.command("app")
 def app_(port: Annotated[int, typer.Option(help="port to serve on")] = 8501,
-         host: Annotated[str, typer.Option(help="address to listen on (keep it on loopback unless you mean it)")] = "127.0.0.1",
-         max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", help="largest file the app accepts for import")] = 200) -> None:
+         host: Annotated[str, typer.Option(
+             help="address to listen on (keep it on loopback unless you mean it)")] = "127.0.0.1",
+         max_upload_mb: Annotated[int, typer.Option(
+             "--max-upload-mb", help="largest file the app accepts for import")] = 200) -> None:
     """Start the browser app (Streamlit) on this workspace until Ctrl-C."""
 
     workspace = current_workspace()

@@ -21,8 +21,10 @@ def _train_config(preset: str, model: Optional[str], method: Optional[str], opti
                                    **parse_assignments(options or [], TrainConfig))
 
 
-TrainPreset = Annotated[str, typer.Option("--preset", help="cpu-smoke (seconds, tests), cpu-demo (SmolLM2 + LoRA), gpu")]
-TrainModel = Annotated[Optional[str], typer.Option("--model", help="Hugging Face model id or local path (default: the preset's)")]
+TrainPreset = Annotated[str, typer.Option("--preset",
+                                          help="cpu-smoke (seconds, tests), cpu-demo (SmolLM2 + LoRA), gpu")]
+TrainModel = Annotated[Optional[str], typer.Option("--model",
+                                                   help="Hugging Face model id or local path (default: the preset's)")]
 TrainMethod = Annotated[Optional[str], typer.Option("--method", help="lora or full")]
 TrainOptions = Annotated[Optional[list[str]], typer.Option("--option", "-o", help="any TrainConfig field, FIELD=VALUE")]
 
@@ -31,7 +33,8 @@ TrainOptions = Annotated[Optional[list[str]], typer.Option("--option", "-o", hel
 def train(version: Annotated[str, typer.Argument(help="version to fine-tune on")],
           preset: TrainPreset = "cpu-smoke", model: TrainModel = None, method: TrainMethod = None,
           option: TrainOptions = None,
-          resume: Annotated[Optional[str], typer.Option("--resume", help="run id to resume from its last checkpoint")] = None,
+          resume: Annotated[Optional[str], typer.Option(
+              "--resume", help="run id to resume from its last checkpoint")] = None,
           as_json: JsonFlag = False) -> None:
     """Fine-tune a causal LM on a version; the run is recorded with the exact version it used."""
 
@@ -39,8 +42,8 @@ def train(version: Annotated[str, typer.Argument(help="version to fine-tune on")
         return run_training(current_store(), version, _train_config(preset, model, method, option), resume=resume,
                             show_progress=None if not as_json else False)
 
-    run_command(as_json, work, lambda r: out.print(json.dumps({k: r[k] for k in r if k in ("run_id", "version", "metrics", "warnings")},
-                                                       indent=1, default=str)))
+    run_command(as_json, work, lambda r: out.print(json.dumps(
+        {k: r[k] for k in r if k in ("run_id", "version", "metrics", "warnings")}, indent=1, default=str)))
 
 
 @app.command()
@@ -48,7 +51,9 @@ def compare(a: Annotated[str, typer.Argument(help="version A (the baseline)")],
             b: Annotated[str, typer.Argument(help="version B")],
             preset: TrainPreset = "cpu-smoke", model: TrainModel = None, method: TrainMethod = None,
             option: TrainOptions = None,
-            out_path: Annotated[Optional[str], typer.Option("--out", help="HTML report to write (its JSON goes beside it); default: runs/compare/<id>/report.html in the workspace")] = None,
+            out_path: Annotated[Optional[str], typer.Option(
+                "--out", help="HTML report to write (its JSON goes beside it); "
+                              "default: runs/compare/<id>/report.html in the workspace")] = None,
             as_json: JsonFlag = False) -> None:
     """Train on A and on B with the same config, seed and evaluation sets; print both runs and the delta,
     and write an HTML report (curves, metric deltas, data diff, audits)."""
@@ -57,5 +62,5 @@ def compare(a: Annotated[str, typer.Argument(help="version A (the baseline)")],
         return run_compare(current_store(), a, b, _train_config(preset, model, method, option),
                            show_progress=None if not as_json else False, out=out_path)
 
-    run_command(as_json, work, lambda r: out.print(json.dumps({"data": r["data"], "delta": r["delta"], "report": r["report"]},
-                                                       indent=1, default=str)))
+    run_command(as_json, work, lambda r: out.print(json.dumps(
+        {"data": r["data"], "delta": r["delta"], "report": r["report"]}, indent=1, default=str)))

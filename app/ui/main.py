@@ -22,7 +22,8 @@ if user is not None and getattr(user, "role", None) == "annotator":
     pages = [annotate]  # annotators label records; the rest of the workbench is not theirs
 else:
     pages = [
-        st.Page("page_datasets.py", title="Datasets & versions", icon=":material/folder_open:", url_path="datasets", default=True),
+        st.Page("page_datasets.py", title="Datasets & versions", icon=":material/folder_open:", url_path="datasets",
+                default=True),
         st.Page("page_review.py", title="Review", icon=":material/search:", url_path="review"),
         st.Page("page_generate.py", title="Generate", icon=":material/auto_awesome:", url_path="generate"),
         st.Page("page_audit.py", title="Audit", icon=":material/fact_check:", url_path="audit"),

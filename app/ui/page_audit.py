@@ -206,7 +206,8 @@ with tabs[4]:
         st.info("The diversity auditor has not run on this version.")
     else:
         shown = [("vendi_score", "Vendi score"), ("mean_pairwise_cosine_distance", "mean cosine distance"),
-                 ("effective_clusters", "effective clusters"), ("cluster_entropy_normalised", "cluster entropy (norm.)"),
+                 ("effective_clusters", "effective clusters"),
+                 ("cluster_entropy_normalised", "cluster entropy (norm.)"),
                  ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2")]
         cols = st.columns(len(shown))
         for col, (k, label) in zip(cols, shown):
@@ -244,7 +245,8 @@ with tabs[5]:
             frame = frame.join(cols.select("_pos", pl.col(flag).cast(pl.String).alias("colour")), on="_pos", how="left")
         else:
             meta = store.read(manifest, [colour]).head(frame.height).with_row_index("_pos")
-            frame = frame.join(meta.select("_pos", pl.col(colour).fill_null("—").alias("colour")), on="_pos", how="left")
+            frame = frame.join(meta.select("_pos", pl.col(colour).fill_null("—").alias("colour")), on="_pos",
+                               how="left")
         st.altair_chart(alt.Chart(frame.select("x", "y", "colour", "_pos").to_pandas()).mark_circle(size=18).encode(
             x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None), color=alt.Color("colour:N", title=colour, sort=order),
             tooltip=[alt.Tooltip("_pos:Q", title="row"), alt.Tooltip("colour:N", title=colour)]),

@@ -147,7 +147,8 @@ if st.button("Generate", type="primary", key=f"{KEY}_start"):
         if known[kind].uses_llm:
             # the run id is chosen here so the page can follow the run's journal while it runs
             argv += ["--run-id", default_run_id(kind, name), *llm_argv]
-        api_key = st.session_state.get(f"{KEY}_api_key") if st.session_state.get(f"{KEY}_endpoint") == "openai" else None
+        api_key = (st.session_state.get(f"{KEY}_api_key") if st.session_state.get(f"{KEY}_endpoint") == "openai"
+                   else None)
         start_job(store, argv, kind="generate", title=f"{kind} → {name}", key=KEY,
                   env={"OPENAI_API_KEY": api_key} if api_key else None)
 

@@ -132,7 +132,8 @@ def show_comparison(result: dict[str, Any]) -> None:
         if not audits:
             col.caption("not audited")
         for a in audits:
-            figures = {k: v for k, v in a["summary"].items() if isinstance(v, (int, float, str, bool)) and k != "config"}
+            figures = {k: v for k, v in a["summary"].items()
+                       if isinstance(v, (int, float, str, bool)) and k != "config"}
             col.dataframe([{"auditor": a["auditor"], "figure": k, "value": str(v)} for k, v in figures.items()],
                           hide_index=True)
     report = result.get("report")

@@ -52,7 +52,8 @@ class LLMConfig:
         checks = [(self.concurrency >= 1, "concurrency must be >= 1"), (self.rpm >= 0, "rpm must be >= 0"),
                   (self.timeout_s > 0, "timeout_s must be > 0"), (self.max_retries >= 0, "max_retries must be >= 0"),
                   (self.max_tokens >= 1, "max_tokens must be >= 1"), (self.backoff_s >= 0, "backoff_s must be >= 0"),
-                  (0 <= self.top_p <= 1, "top_p must be in [0, 1]"), (self.temperature >= 0, "temperature must be >= 0")]
+                  (0 <= self.top_p <= 1, "top_p must be in [0, 1]"),
+                  (self.temperature >= 0, "temperature must be >= 0")]
         for ok, message in checks:
             if not ok:
                 raise AssayError(f"LLM config: {message}")

@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS llm_cache (
     tokens_out    INTEGER NOT NULL DEFAULT 0,
     created_at    TEXT NOT NULL
 )
-"""
+"""  # noqa: E501 (a line inside this DDL string; wrapping it would change the schema text SQLite stores)
 
 FINISHED = ("ok", "failed")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-:]{0,127}$")

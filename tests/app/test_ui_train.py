@@ -68,7 +68,8 @@ def test_compare_job_and_result_side_by_side(app_workspace, shared_data, tmp_pat
     # the removed records are shown (as a table, a few of them)
     removed = [d.value for d in at.dataframe if list(d.value.columns[:3]) == ["instruction", "input", "output"]]
     assert len(removed) == 1 and 0 < len(removed[0]) <= 5
-    assert set(removed[0]["instruction"]) <= set(store.read(full)["instruction"]) - set(store.read(short)["instruction"])
+    assert set(removed[0]["instruction"]) <= (set(store.read(full)["instruction"])
+                                              - set(store.read(short)["instruction"]))
     assert any(c.value == "no record added" for c in at.caption)
     # both runs are listed among the training runs, with their curves drawn from the run records
     runs = next(d.value for d in at.dataframe if "reference_loss" in d.value.columns)

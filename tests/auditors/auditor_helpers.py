@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from minhash_reference import WORD_RE, datasketch_labels, jaccard, ref_shingles  # noqa: E402
 
-__all__ = ["WORD_RE", "clean_texts", "codealpaca", "datasketch_labels", "gsm8k", "human_eval", "jaccard", "ref_shingles",
-           "seed_tasks"]
+__all__ = ["WORD_RE", "clean_texts", "codealpaca", "datasketch_labels", "gsm8k", "human_eval", "jaccard",
+           "ref_shingles", "seed_tasks"]
 
 
 def codealpaca(shared_data: Path, n: int | None = None) -> list[dict]:

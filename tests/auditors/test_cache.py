@@ -64,7 +64,8 @@ def test_filtered_child_reuses_everything_and_matches_a_cold_audit(tmp_path, sha
             assert warm[name].get(key) == cold[name].get(key), (name, key)
     # and the clusters really changed: restricting the parent's flags to the kept rows would not give
     # the child's (a dropped representative hands its cluster to a former duplicate)
-    kept = store.read(parent, ["source_row"])["source_row"].is_in(store.read(child, ["source_row"])["source_row"].implode())
+    kept = store.read(parent, ["source_row"])["source_row"].is_in(
+        store.read(child, ["source_row"])["source_row"].implode())
     restricted = parent_cols.filter(kept)
     assert (restricted["minhash_duplicate"] != warm_cols["minhash_duplicate"]).any()
     assert (restricted["exact_duplicate"] != warm_cols["exact_duplicate"]).any()

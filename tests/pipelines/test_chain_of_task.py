@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from fault_server import FaultServer
 
 from assay.core.errors import AssayError

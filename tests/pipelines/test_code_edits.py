@@ -12,15 +12,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from fault_server import FaultServer
 
 from assay.core.errors import AssayError
 from assay.core.llm import LLMConfig, ParseError
 from assay.core.llm.journal import list_llm_runs, run_failures, run_record
 from assay.core.llm.server import EMBEDDED_MODEL, serve
-from assay.pipelines.code_edits import (CodeEditsConfig, check_repo, language_of, mine, parse_diff,
-                                        parse_instruction)
+from assay.pipelines.code_edits import CodeEditsConfig, check_repo, language_of, mine, parse_diff, parse_instruction
 from assay.pipelines.generate import generate
 
 ROOT = Path(__file__).resolve().parents[2]  # this project's own repository
@@ -49,7 +47,7 @@ index 0000000..5555555
 +++ b/new.py
 @@ -0,0 +1 @@
 +x = 1
-"""
+"""  # noqa: W293 (the blank context line of a unified diff is one space)
 
 
 def test_parse_diff_on_a_known_patch():

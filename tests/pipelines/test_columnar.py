@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import write_jsonl
 
 from assay.core.errors import AssayError, BadInput
 from assay.pipelines.importer import ImportConfig, import_source
-from helpers import write_jsonl
 
 COLUMNS = ["id", "instruction", "input", "output", "messages", "source", "source_row", "generator",
            "template", "model", "sampling_params", "parent_ids"]
@@ -72,7 +72,8 @@ def test_blank_lines_and_a_line_longer_than_a_chunk_keep_their_numbers(store, tm
 def test_csv_and_parquet_in_batches_match_the_row_path(store, tmp_path, fmt):
     import polars as pl
 
-    rows = [{"instruction": f"t{i}", "input": "" if i % 2 else "x", "output": f"o{i}", "n": str(i)} for i in range(3000)]
+    rows = [{"instruction": f"t{i}", "input": "" if i % 2 else "x", "output": f"o{i}", "n": str(i)}
+            for i in range(3000)]
     path = tmp_path / f"d.{fmt}"
     getattr(pl.DataFrame(rows), f"write_{fmt}")(path)
     streamed = read(store, import_source(store, str(path), "s", ImportConfig(chunk_mb=TINY)))

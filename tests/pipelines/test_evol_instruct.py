@@ -8,7 +8,6 @@ import shutil
 from collections import Counter
 
 import pytest
-
 from fault_server import FaultServer
 from helpers import write_jsonl
 
@@ -16,8 +15,14 @@ from assay.core.errors import AssayError, BadInput, UnknownVersion
 from assay.core.llm import LLMConfig, ParseError
 from assay.core.llm.journal import list_llm_runs, run_calls, run_failures, run_record
 from assay.core.llm.server import EMBEDDED_MODEL, free_port, serve
-from assay.pipelines.evol_instruct import (OPERATIONS, EvolInstructConfig, check_answer, check_evolution,
-                                           parse_answer, parse_evolved)
+from assay.pipelines.evol_instruct import (
+    OPERATIONS,
+    EvolInstructConfig,
+    check_answer,
+    check_evolution,
+    parse_answer,
+    parse_evolved,
+)
 from assay.pipelines.generate import PROMPTS_DIR, generate, generator_options, load_prompt, render
 from assay.pipelines.importer import import_source
 

@@ -1,12 +1,11 @@
 import json
 
-import pyarrow.parquet as pq
 import pytest
+from helpers import write_jsonl
 
 from assay.core.errors import AssayError
 from assay.pipelines.exporter import ExportConfig, export_version
 from assay.pipelines.importer import import_source
-from helpers import write_jsonl
 
 ROWS = [
     {"instruction": "Add.", "input": "2, 3", "output": "5", "topic": "math"},

@@ -3,10 +3,10 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import write_jsonl
 
 from assay.core.errors import AssayError, BadInput
 from assay.pipelines.importer import ImportConfig, import_source, parse_mapping
-from helpers import write_jsonl
 
 ALPACA = [
     {"instruction": "Add the numbers.", "input": "2, 3", "output": "5", "category": "math"},
@@ -61,9 +61,9 @@ def test_openai_messages_and_sharegpt_conversations(store, tmp_path):
     openai = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                             {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"},
                             {"role": "assistant", "content": "Bye."}]}]
-    sharegpt = [{"id": "c1", "conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
-                                              {"from": "gpt", "value": "Hello."}, {"from": "human", "value": "Bye"},
-                                              {"from": "gpt", "value": "Bye."}]}]
+    sharegpt = [{"id": "c1", "conversations": [
+        {"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+        {"from": "gpt", "value": "Hello."}, {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Bye."}]}]
     a = store.read(import_source(store, str(write_jsonl(tmp_path / "o.jsonl", openai)), "o")).to_dicts()
     b = store.read(import_source(store, str(write_jsonl(tmp_path / "s.jsonl", sharegpt)), "s")).to_dicts()
     assert a[0]["messages"] == openai[0]["messages"]
@@ -137,7 +137,8 @@ def test_missing_required_field_names_line_and_field(store, workspace, tmp_path)
 
 def test_json_array_errors_name_the_line(store, workspace, tmp_path):
     path = tmp_path / "bad.json"
-    path.write_text('[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "c"},\n  {"instruction": "d", "output": "e"}\n]\n')
+    path.write_text('[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "c"},\n'
+                    '  {"instruction": "d", "output": "e"}\n]\n')
     with pytest.raises(BadInput, match=r"bad\.json:3: field 'output': missing"):
         import_source(store, str(path), "bad")
     path.write_text('[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "c", "output": }\n]\n')
@@ -164,7 +165,8 @@ def test_files_that_are_not_what_their_extension_says(store, workspace, tmp_path
 
 
 def test_empty_files(store, workspace, tmp_path):
-    for name, text in (("e.jsonl", ""), ("blank.jsonl", "\n\n  \n"), ("e.json", "[]"), ("e.csv", "instruction,output\n")):
+    empties = (("e.jsonl", ""), ("blank.jsonl", "\n\n  \n"), ("e.json", "[]"), ("e.csv", "instruction,output\n"))
+    for name, text in empties:
         (tmp_path / name).write_text(text)
         with pytest.raises(BadInput, match=rf"{name}.*empty"):
             import_source(store, str(tmp_path / name), "x")
@@ -192,7 +194,9 @@ def test_unicode_empty_strings_and_1mb_fields_round_trip_exactly(store, tmp_path
     rows = [{"instruction": big, "input": "", "output": "é\x00\n\t\"\\ 中文"},
             {"instruction": "", "input": "x", "output": ""}]
     got = store.read(import_source(store, str(write_jsonl(tmp_path / "u.jsonl", rows)), "u")).to_dicts()
-    assert [(r["instruction"], r["input"], r["output"]) for r in got] == [(r["instruction"], r["input"], r["output"]) for r in rows]
+    def triple(r):
+        return r["instruction"], r["input"], r["output"]
+    assert [triple(r) for r in got] == [triple(r) for r in rows]
 
 
 @pytest.mark.parametrize("fast_path", [True, False])

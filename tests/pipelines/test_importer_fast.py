@@ -6,9 +6,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import write_jsonl
 
 from assay.pipelines.importer import ImportConfig, import_source
-from helpers import write_jsonl
 
 COLUMNS = ["id", "instruction", "input", "output", "messages", "source", "source_row", "generator",
            "template", "model", "sampling_params", "parent_ids"]
@@ -40,7 +40,8 @@ def test_real_data_same_rows_both_ways(store, shared_data, tmp_path):
 @pytest.mark.parametrize("rows", [
     [{"instruction": "a", "output": "b", "k": 1}, {"instruction": "c", "output": "d"}],  # a missing key stays missing
     [{"instruction": "a", "output": "b"}, {"instruction": "c", "input": None, "output": "d"}],
-    [{"instruction": "ünï\u2028cödé 🙂", "input": "", "output": "\\n\"q\""}, {"instruction": "x", "output": "y", "m": [1, {"z": None}]}],
+    [{"instruction": "ünï\u2028cödé 🙂", "input": "", "output": "\\n\"q\""},
+     {"instruction": "x", "output": "y", "m": [1, {"z": None}]}],
 ])
 def test_edge_rows_same_both_ways(store, tmp_path, rows):
     assert_same(*both(store, write_jsonl(tmp_path / "e.jsonl", rows)))
@@ -71,7 +72,8 @@ def test_columnar_ids_equal_record_id_for_any_text(tmp_path):
     @given(st.lists(st.tuples(text, text, text), min_size=1, max_size=20))
     def check(triples):
         with tempfile.TemporaryDirectory() as tmp:
-            path = write_jsonl(Path(tmp) / "t.jsonl", [{"instruction": i, "input": x, "output": o} for i, x, o in triples])
+            rows = [{"instruction": i, "input": x, "output": o} for i, x, o in triples]
+            path = write_jsonl(Path(tmp) / "t.jsonl", rows)
             store = Store(Path(tmp) / "ws")
             got = store.read(import_source(store, str(path), "t"))["id"].to_list()
             assert got == [record_id(i, x, o, None) for i, x, o in triples]

@@ -34,7 +34,8 @@ def test_shared_file_imports(store, shared_data, name):
 
 
 def test_every_shared_instruction_and_benchmark_file_is_covered(shared_data):
-    files = {str(p.relative_to(shared_data)) for d in ("instructions", "benchmarks") for p in (shared_data / d).iterdir()}
+    files = {str(p.relative_to(shared_data))
+             for d in ("instructions", "benchmarks") for p in (shared_data / d).iterdir()}
     assert files == set(EXPECTED)
 
 

@@ -16,7 +16,8 @@ meta_key = st.from_regex(r"m_[a-z0-9_]{1,8}", fullmatch=True)
 meta_value = st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53), text, st.lists(text, max_size=3))
 metadata = st.dictionaries(meta_key, meta_value, max_size=4)
 alpaca = st.builds(lambda i, x, o, m: {"instruction": i, "input": x, "output": o, **m}, text, text, text, metadata)
-message = st.builds(lambda r, c: {"role": r, "content": c}, st.sampled_from(["system", "user", "assistant", "tool"]), text)
+role = st.sampled_from(["system", "user", "assistant", "tool"])
+message = st.builds(lambda r, c: {"role": r, "content": c}, role, text)
 chat = st.builds(lambda ms, m: {"messages": ms, **m}, st.lists(message, min_size=1, max_size=4), metadata)
 
 

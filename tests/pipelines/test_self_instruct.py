@@ -8,7 +8,6 @@ import shutil
 from collections import Counter
 
 import pytest
-
 from fault_server import FaultServer
 from helpers import write_jsonl
 
@@ -18,9 +17,17 @@ from assay.core.llm.journal import list_llm_runs, run_calls, run_failures, run_r
 from assay.core.llm.server import EMBEDDED_MODEL, free_port, serve
 from assay.pipelines.generate import PROMPTS_DIR, generate
 from assay.pipelines.importer import import_source
-from assay.pipelines.self_instruct import (Pool, SelfInstructConfig, check_instruction, load_seeds,
-                                           parse_instance, parse_instance_output_first, parse_instructions,
-                                           parse_yes_no, rouge_l)
+from assay.pipelines.self_instruct import (
+    Pool,
+    SelfInstructConfig,
+    check_instruction,
+    load_seeds,
+    parse_instance,
+    parse_instance_output_first,
+    parse_instructions,
+    parse_yes_no,
+    rouge_l,
+)
 
 
 # ---- ROUGE-L, the filters and the parsers (no server) ------------------------------------------

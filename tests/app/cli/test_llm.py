@@ -30,7 +30,8 @@ def test_runs_show_failures_lists_raw_replies(cli, store):
 
 def test_llm_serve_answers_until_interrupted(workspace):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "assay.app.cli", "llm", "serve", "--port", str(port), "--threads", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "assay.app.cli", "llm", "serve", "--port", str(port),
+                             "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "ASSAY_WORKSPACE": str(workspace)})
     try:

@@ -4,7 +4,8 @@ from helpers import write_jsonl
 
 
 def test_train_and_compare_from_the_cli(cli, tmp_path):
-    rows = [{"instruction": f"Repeat the word {w}.", "output": f"{w} {w} {w}"} for w in ("apple", "river", "cloud", "stone") * 4]
+    rows = [{"instruction": f"Repeat the word {w}.", "output": f"{w} {w} {w}"}
+            for w in ("apple", "river", "cloud", "stone") * 4]
     a = cli.json("import", str(write_jsonl(tmp_path / "a.jsonl", rows)), "--name", "tr")
     b = cli.json("filter", "tr", "--where", "instruction NOT LIKE '%stone%'", "--name", "tr")
     run = cli.json("train", "tr@1", "--preset", "cpu-smoke", "-o", "max_steps=4")

@@ -77,7 +77,8 @@ def test_fault_mix_completes_and_records_every_failure(fault, store):
     assert (by_key["ftrunc"].error_kind, by_key["ftrunc"].attempts) == ("bad_response", top)
     assert by_key["ftrunc"].raw.startswith('{"id": "chatcmpl-fault"')  # the broken body, kept
     assert (by_key["fbadjson"].error_kind, by_key["fbadjson"].attempts) == ("unparsable", 1)
-    assert by_key["fbadjson"].raw == json.dumps(answer(forced["fbadjson"]))[:len(json.dumps(answer(forced["fbadjson"]))) // 2]
+    assert (by_key["fbadjson"].raw
+            == json.dumps(answer(forced["fbadjson"]))[:len(json.dumps(answer(forced["fbadjson"]))) // 2])
     assert (by_key["fwrong"].error_kind, by_key["fwrong"].attempts) == ("off_schema", 1)
     assert json.loads(by_key["fwrong"].raw) == {"unexpected": 1, "other": "field"}
 

@@ -1,8 +1,9 @@
 """Where records come from: reading a file, a saved Hugging Face dataset or a Hub dataset id as
 numbered rows, so that every problem can name its file and line (or row, or element).
 
-The importer, the generators' seed loaders, the benchmark loader and the trainer's reference set all
-read their sources through here, so they accept the same formats and name rows the same way.
+The importer, the generators' seeds, the benchmark loader and the trainer's reference set all read
+their sources through here, so they accept the same formats and name rows the same way.
+`read_seeds` is the one "a version, a file or hf:OWNER/NAME" reader every generator starts from.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import fsspec
 
 from assay.core.errors import AssayError, BadInput
+from assay.core.records import export_row, record_id
+
+if TYPE_CHECKING:
+    from assay.core.store import Store
 
 FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "hf-disk", "hf")
 # Tried in order when the canonical column is absent and --map does not name one.
@@ -210,3 +215,58 @@ def _hf_hub(dataset_id: str, split: str | None) -> Source:
     ds, chosen = _pick_split(f"hf:{dataset_id}", obj, None if split else split)
     return Source(f"hf:{dataset_id}" + (f"[{split or chosen}]" if (split or chosen) else ""), "row",
                   dataset_rows(ds), "hf")
+
+
+# ---- seeds: a version, a file or a Hub dataset, as rows ------------------------------------------
+
+def is_external(ref: str) -> bool:
+    """True for a file, a URL or a Hub dataset id (hf:OWNER/NAME); False for a dataset version ref."""
+    return os.path.exists(ref) or "://" in ref or ref.startswith("hf:")
+
+
+@dataclass
+class SeedRow:
+    pos: int  # 1-based row (line, element) in the source
+    fields: dict[str, Any]  # the row's fields; instruction/input/output filled in from their ALIASES
+    record_id: str | None  # the record's id: a version's own, or the one `assay import` would give the row
+
+
+@dataclass
+class Seeds:
+    label: str  # the file as given, or the version's ref
+    unit: str  # how rows are counted in errors: "line", "row" or "element"
+    rows: list[SeedRow]
+    parents: list[str]  # the version's id when the seeds are a version: the new version's lineage
+    path: str | None  # the local file, when the seeds are one (for files that sit beside it)
+
+
+def read_seeds(store: Store, ref: str, limit: int | None = None) -> Seeds:
+    """The rows of `ref`: a version (its records as `assay export` writes them: the Alpaca or chat
+    fields, then the metadata keys) or a file, URL or hf: dataset (rows as read, with the same
+    aliases `assay import` knows). At most `limit` rows. Every row is an object, or the error names it."""
+    rows: list[SeedRow] = []
+    if is_external(ref):
+        source = open_source(ref, None, None)
+        for pos, raw in source.rows:
+            if not isinstance(raw, dict):
+                raise BadInput(ref, "expected an object per row", line=pos, unit=source.unit)
+            row = dict(raw)
+            for target in ("instruction", "input", "output"):
+                if target not in row:
+                    alias = next((a for a in ALIASES[target] if a in raw), None)
+                    if alias is not None:
+                        row[target] = raw[alias]
+            rid = (record_id(str(row["instruction"]), str(row.get("input") or ""), str(row.get("output") or ""), None)
+                   if row.get("instruction") is not None else None)
+            rows.append(SeedRow(pos, row, rid))
+            if limit and len(rows) >= limit:
+                break
+        local = ref if os.path.exists(ref) else None
+        return Seeds(ref, source.unit, rows, [], local)
+    manifest = store.resolve(ref)
+    frame = store.read(manifest)
+    if limit:
+        frame = frame.head(limit)
+    for pos, r in enumerate(frame.iter_rows(named=True), 1):
+        rows.append(SeedRow(pos, export_row(r), r["id"]))
+    return Seeds(manifest.ref, "row", rows, [manifest.id], None)

@@ -27,25 +27,18 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from assay.core.errors import AssayError
-from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, reply_text
-from assay.core.llm.journal import run_record
+from assay.core.llm import ParseError, Request, reply_text
 from assay.core.records import Record
-from assay.core.store import Store
 from assay.pipelines.generate import (
-    GenerationReport,
+    GenerationRun,
     Generator,
-    commit_records,
-    default_run_id,
-    failure_rows,
     load_prompt,
-    provenance,
     render,
-    sampling_params,
 )
 
 NER_TASKS = ("entity_extraction", "span_classification", "ner")
@@ -182,11 +175,15 @@ class ChainOfTask(Generator):
     name = "chain-of-task"
     Config = ChainOfTaskConfig
 
-    def run(self, store: Store, name: str, *, llm: LLMConfig | None = None, run_id: str | None = None,
-            parents: list[str] | None = None) -> GenerationReport:
+    def check(self) -> None:
         cfg: ChainOfTaskConfig = self.config
         if not cfg.source:
             raise AssayError("chain-of-task: no source given (a domain JSONL file)")
+        if cfg.reviews_per_label < 0:
+            raise AssayError("chain-of-task: reviews_per_label must be >= 0")
+
+    def generate(self, run: GenerationRun) -> list[Record]:
+        cfg: ChainOfTaskConfig = self.config
         meta = load_meta(cfg.source, cfg.meta)
         kind = end_kind(meta)
         allowed = NER_TASKS if kind == "ner" else CLS_TASKS
@@ -197,23 +194,17 @@ class ChainOfTask(Generator):
                              f"(its atomic tasks: {', '.join(allowed)})")
         if not cfg.llm_tasks:
             tasks = [t for t in tasks if t not in LLM_TASKS]
-        if cfg.reviews_per_label < 0:
-            raise AssayError("chain-of-task: reviews_per_label must be >= 0")
         prompts = {t: load_prompt(f"cot_{t}", cfg.prompts_dir) for t in tasks}
         rows = load_rows(cfg.source, kind, meta, cfg.limit)
         labels, sep = meta["labels"], meta["label_sep"]
-        run_id = run_id or default_run_id(self.name, name)
         common = {"labels": sep.join(labels), "sep": sep}
         records: list[Record] = []
-        skipped: dict[str, int] = {}  # reason -> count (not failures: the rows cannot answer these)
 
         def add(task: str, variables: dict[str, Any], output: str, line_no: int | None, **extra) -> None:
             instruction = render(prompts[task], {**common, **variables}, where=f"{cfg.source} line {line_no}")
-            rec = Record(instruction=instruction, output=output, metadata={
-                "end_task": meta["task"], "atomic_task": task, "defi": meta.get("defi"), "line": line_no, **extra})
-            rec.provenance = provenance(generator=self.name, template=task, run_id=run_id, source=cfg.source,
-                                        source_row=line_no)
-            records.append(rec)
+            records.append(run.record(instruction=instruction, output=output, metadata={
+                "end_task": meta["task"], "atomic_task": task, "defi": meta.get("defi"), "line": line_no, **extra},
+                template=task, source=cfg.source, source_row=line_no))
 
         # 1. the answers the rows carry (no LLM)
         for line_no, row in rows:
@@ -230,7 +221,7 @@ class ChainOfTask(Generator):
                     for term in unique([s["term"] for s in spans]):
                         same = [s for s in spans if s["term"] == term]
                         if len({s["type"] for s in same}) > 1:
-                            skipped["ambiguous_span"] = skipped.get("ambiguous_span", 0) + 1
+                            run.drop("ambiguous_span", term=term, line=line_no)  # the row cannot answer it
                             continue
                         add("span_classification", {"term": term, "sentence": sentence}, same[0]["type"], line_no,
                             term=term, start=same[0]["start"], end=same[0]["end"])
@@ -260,37 +251,20 @@ class ChainOfTask(Generator):
                                      where=key)
                     requests.append(Request(key, [{"role": "user", "content": content}], parse=parse_review))
                     asks.append({"key": key, "label": lab, "instruction": content, "example_line": example[0]})
-        results: list[Result] = []
-        if requests:
-            llm = llm or LLMConfig()
-            with LLMClient(llm) as client:
-                results = client.run_batch(run_id, requests, store)
-            model = run_record(store, run_id)["model"]
-            params = sampling_params(llm)
-            # the record: the label is the instruction ("write a review about X"), the review the answer
-            for ask, res in zip(asks, results):
-                if not res.ok:
-                    continue
-                rec = Record(instruction=f"Write a short customer review about the topic \"{ask['label']}\".",
-                             output=res.value, metadata={
-                                 "end_task": meta["task"], "atomic_task": "review_generation",
-                                 "defi": meta.get("defi"), "label": ask["label"], "llm_key": ask["key"],
-                                 "prompt": ask["instruction"], "example_line": ask["example_line"]})
-                rec.provenance = provenance(generator=self.name, template="review_generation", run_id=run_id,
-                                            model=model, sampling_params=params)
-                records.append(rec)
-        failures = failure_rows(results)
+        # the record: the label is the instruction ("write a review about X"), the review the answer
+        for ask, res in zip(asks, run.ask(requests)):
+            if not res.ok:
+                run.drop("review_failed", key=ask["key"], label=ask["label"])
+                continue
+            records.append(run.record(
+                instruction=f"Write a short customer review about the topic \"{ask['label']}\".",
+                output=res.value, metadata={
+                    "end_task": meta["task"], "atomic_task": "review_generation", "defi": meta.get("defi"),
+                    "label": ask["label"], "llm_key": ask["key"], "prompt": ask["instruction"],
+                    "example_line": ask["example_line"]},
+                template="review_generation"))
         counts = {t: sum(1 for r in records if r.metadata["atomic_task"] == t) for t in tasks}
-        version_params = {"generator": self.name, "config": asdict(cfg), "source": cfg.source,
-                          "meta": meta["path"], "end_task": meta["task"], "run_id": run_id,
-                          "requested": len(results), "failed": len(failures), "atomic_tasks": counts}
-        if requests:
-            version_params["llm"] = {k: v for k, v in llm.to_dict().items() if k != "api_key_env"}
-        manifest = commit_records(store, name, records, generator=self.name, params=version_params,
-                                  parents=list(parents or []))
-        return GenerationReport(
-            self.name, manifest.id, manifest.ref, manifest.records, requested=len(results), failed=len(failures),
-            run_id=run_id if requests else None,
-            filtered={**skipped, **({"review_failed": len(failures)} if failures else {})}, failures=failures,
-            details={"source": cfg.source, "meta": meta["path"], "end_task": meta["task"], "kind": kind,
-                     "rows": len(rows), "atomic_tasks": counts})
+        run.params.update(source=cfg.source, meta=meta["path"], end_task=meta["task"], atomic_tasks=counts)
+        run.details.update(source=cfg.source, meta=meta["path"], end_task=meta["task"], kind=kind, rows=len(rows),
+                           atomic_tasks=counts)
+        return records

@@ -22,24 +22,18 @@ import fnmatch
 import os
 import re
 import subprocess
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from assay.core.errors import AssayError
-from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, reply_text
-from assay.core.llm.journal import run_record
+from assay.core.llm import ParseError, Request, reply_text
 from assay.core.records import Record
-from assay.core.store import Store
 from assay.pipelines.generate import (
-    GenerationReport,
+    GenerationRun,
     Generator,
-    commit_records,
-    default_run_id,
-    failure_rows,
     load_prompt,
-    provenance,
     render,
-    sampling_params,
 )
 
 LANGUAGES = {
@@ -282,8 +276,7 @@ class CodeEdits(Generator):
     name = "code-edits"
     Config = CodeEditsConfig
 
-    def run(self, store: Store, name: str, *, llm: LLMConfig | None = None, run_id: str | None = None,
-            parents: list[str] | None = None) -> GenerationReport:
+    def check(self) -> None:
         cfg: CodeEditsConfig = self.config
         if cfg.max_commits < 1:
             raise AssayError("code-edits: max_commits must be >= 1")
@@ -292,52 +285,37 @@ class CodeEdits(Generator):
         unknown = sorted(set(cfg.languages) - {v for v in LANGUAGES.values() if v} - {"makefile", "dockerfile"})
         if unknown:
             raise AssayError(f"code-edits: unknown language(s) {', '.join(unknown)}")
+
+    def generate(self, run: GenerationRun) -> list[Record]:
+        cfg: CodeEditsConfig = self.config
         prompt = load_prompt("code_edits_instruction", cfg.prompts_dir)
         repo = check_repo(cfg.repo)
         seeds, skipped, walked = mine(repo, cfg)
-        filtered: dict[str, int] = {}
-        for s in skipped:
-            filtered[s["reason"]] = filtered.get(s["reason"], 0) + 1
         if not seeds:  # nothing to send: say why rather than commit an empty version
-            skipped = f" (skipped: {', '.join(f'{k} {v}' for k, v in filtered.items())})" if filtered else ""
-            raise AssayError(f"code-edits: no edits in the last {walked} commit(s) of {cfg.rev} in {repo}{skipped}")
+            counts = Counter(s["reason"] for s in skipped)
+            why = f" (skipped: {', '.join(f'{k} {v}' for k, v in counts.items())})" if counts else ""
+            raise AssayError(f"code-edits: no edits in the last {walked} commit(s) of {cfg.rev} in {repo}{why}")
+        for s in skipped:  # hunks and files the miner left out, before any request
+            run.drop(**s)
         if cfg.max_edits is not None and len(seeds) > cfg.max_edits:
-            filtered["enough"] = len(seeds) - cfg.max_edits
+            for s in seeds[cfg.max_edits:]:
+                run.drop("enough", key=s["key"], commit=s["commit"], file=s["file"])
             seeds = seeds[:cfg.max_edits]
-        llm = llm or LLMConfig()
-        run_id = run_id or default_run_id(self.name, name)
-        results: list[Result] = []
-        if seeds:
-            requests = [Request(s["key"], [{"role": "user", "content": render(prompt, s, where=s["key"])}],
-                                parse=parse_instruction) for s in seeds]
-            with LLMClient(llm) as client:
-                results = client.run_batch(run_id, requests, store)
-        model = run_record(store, run_id)["model"] if results else llm.model
-        params = sampling_params(llm)
-        records, eliminated = [], []
+        results = run.ask([Request(s["key"], [{"role": "user", "content": render(prompt, s, where=s["key"])}],
+                                   parse=parse_instruction) for s in seeds])
+        records = []
         for s, res in zip(seeds, results):
             reason = "instruction_failed" if not res.ok else (
                 "too_short" if len(res.value.split()) < cfg.min_words else None)
             if reason:
-                filtered[reason] = filtered.get(reason, 0) + 1
-                eliminated.append({"key": s["key"], "reason": reason, "commit": s["commit"], "file": s["file"],
-                                   "instruction": res.value if res.ok else None, "error": res.error})
+                run.drop(reason, key=s["key"], commit=s["commit"], file=s["file"],
+                         instruction=res.value if res.ok else None, error=res.error)
                 continue
-            records.append(Record(
+            records.append(run.record(
                 instruction=res.value, input=s["before"], output=s["after"],
                 metadata={k: s[k] for k in ("commit", "date", "subject", "message", "file", "language", "hunk",
                                             "diff", "added", "removed")} | {"repo": repo, "instruction_key": s["key"]},
-                provenance=provenance(generator=self.name, template="code_edits_instruction", run_id=run_id,
-                                      model=model, sampling_params=params)))
-        failures = failure_rows(results)
-        version_params = {"generator": self.name, "config": asdict(cfg), "repo": repo, "run_id": run_id,
-                          "llm": {k: v for k, v in llm.to_dict().items() if k != "api_key_env"},
-                          "requested": len(results), "failed": len(failures), "commits": walked,
-                          "edits": len(seeds), "filtered": filtered}
-        manifest = commit_records(store, name, records, generator=self.name, params=version_params,
-                                  parents=list(parents or []))
-        return GenerationReport(
-            self.name, manifest.id, manifest.ref, manifest.records, requested=len(results), failed=len(failures),
-            run_id=run_id, filtered=filtered, failures=failures,
-            details={"repo": repo, "commits": walked, "edits": len(seeds), "skipped": skipped,
-                     "eliminated": eliminated, "model": model})
+                template="code_edits_instruction"))
+        run.params.update(repo=repo, commits=walked, edits=len(seeds))
+        run.details.update(repo=repo, commits=walked, edits=len(seeds), skipped=skipped)
+        return records

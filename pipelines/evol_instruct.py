@@ -27,29 +27,22 @@ Calls are keyed `evolve/ROUND/ITEM/OP` and `answer/ROUND/ITEM/OP` in one journal
 
 from __future__ import annotations
 
-import os
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from assay.core.errors import AssayError, BadInput
-from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, reply_text
-from assay.core.llm.journal import run_record
+from assay.core.llm import ParseError, Request, Result, reply_text
 from assay.core.records import Record, record_id
-from assay.core.sources import ALIASES, open_source
+from assay.core.sources import read_seeds
 from assay.core.store import Store
 from assay.core.text import rouge_l, tokens
 from assay.pipelines.generate import (
-    GenerationReport,
+    GenerationRun,
     Generator,
-    commit_records,
-    default_run_id,
-    failure_rows,
     load_prompt,
-    provenance,
     render,
-    sampling_params,
 )
 
 DEPTH_OPS = ("add_constraints", "deepen", "concretise", "increase_reasoning")
@@ -174,27 +167,16 @@ def fold(instruction: str, inp: str) -> str:
 
 
 def load_source(store: Store, ref: str, limit: int | None) -> tuple[str, list[Item], list[str]]:
-    """(label, items, parent version ids) from a version or a file; chat records and rows without an
-    instruction are skipped; duplicates (same record id) are evolved once."""
+    """(label, items, parent version ids) from a version, a file or a Hub dataset; chat records and
+    rows without an instruction are skipped; duplicates (same record id) are evolved once."""
     if not ref:
-        raise AssayError("evol-instruct: no source given (a version or a file)")
-    rows: list[tuple[str, str, str]] = []
-    if os.path.exists(ref) or "://" in ref:
-        label, parents = ref, []
-        src = open_source(ref, None, None)
-        for pos, row in src.rows:
-            if not isinstance(row, dict):
-                raise BadInput(ref, "expected an object per row", line=pos, unit=src.unit)
-            get = lambda k, row=row: row.get(k, next((row[a] for a in ALIASES[k] if a in row), None))  # noqa: E731
-            rows.append((str(get("instruction") or ""), str(get("input") or ""), str(get("output") or "")))
-    else:
-        manifest = store.resolve(ref)
-        label, parents = manifest.ref, [manifest.id]
-        for r in store.read(manifest, columns=["instruction", "input", "output", "messages"]).iter_rows(named=True):
-            if r["messages"] is None:
-                rows.append((r["instruction"] or "", r["input"] or "", r["output"] or ""))
+        raise AssayError("evol-instruct: no source given (a version, a file or hf:OWNER/NAME)")
+    seeds = read_seeds(store, ref)
     items, seen = [], set()
-    for instruction, inp, out in rows:
+    for row in seeds.rows:
+        if row.fields.get("messages") is not None:
+            continue
+        instruction, inp, out = (str(row.fields.get(k) or "") for k in ("instruction", "input", "output"))
         rid = record_id(instruction, inp, out, None)
         if not instruction.strip() or rid in seen:
             continue
@@ -203,8 +185,8 @@ def load_source(store: Store, ref: str, limit: int | None) -> tuple[str, list[It
         if limit is not None and len(items) >= limit:
             break
     if not items:
-        raise BadInput(label, "empty: no instructions to evolve (need Alpaca-style rows with an instruction)")
-    return label, items, parents
+        raise BadInput(seeds.label, "empty: no instructions to evolve (need Alpaca-style rows with an instruction)")
+    return seeds.label, items, seeds.parents
 
 
 # ---- the generator -----------------------------------------------------------------------------
@@ -213,7 +195,8 @@ class EvolInstruct(Generator):
     name = "evol-instruct"
     Config = EvolInstructConfig
 
-    def _check(self, cfg: EvolInstructConfig) -> None:
+    def check(self) -> None:
+        cfg: EvolInstructConfig = self.config
         unknown = [op for op in cfg.operations if op not in OPERATIONS]
         if unknown or not cfg.operations:
             raise AssayError(f"evol-instruct: unknown operation(s) {', '.join(unknown) or '(none given)'} "
@@ -225,107 +208,79 @@ class EvolInstruct(Generator):
         if not 0 <= cfg.similarity_threshold <= 1:
             raise AssayError("evol-instruct: similarity_threshold must be in [0, 1]")
 
-    def run(self, store: Store, name: str, *, llm: LLMConfig | None = None, run_id: str | None = None,
-            parents: list[str] | None = None) -> GenerationReport:
+    def generate(self, run: GenerationRun) -> list[Record]:
         cfg: EvolInstructConfig = self.config
-        # everything that can fail on user input fails here, before the first request
-        self._check(cfg)
         prompts = {op: load_prompt(f"evol_{op}", cfg.prompts_dir) for op in cfg.operations}
         answer_prompt = load_prompt("evol_answer", cfg.prompts_dir)
-        label, frontier, source_parents = load_source(store, cfg.source, cfg.limit)
-        llm = llm or LLMConfig()
-        run_id = run_id or default_run_id(self.name, name)
+        label, frontier, run.seed_parents = load_source(run.store, cfg.source, cfg.limit)
         rng = random.Random(cfg.seed)
-        all_results: list[Result] = []
         records: list[Record] = []
-        eliminated: list[dict[str, Any]] = []
-        filtered: dict[str, int] = {}
         attempted = 0
 
         def eliminate(reason: str, cand: dict[str, Any], **extra) -> None:
-            filtered[reason] = filtered.get(reason, 0) + 1
-            eliminated.append({"reason": reason, "key": cand["key"], "operation": cand["op"], "round": cand["round"],
-                               "parent_id": cand["item"].record_id, "parent": cand["item"].instruction,
-                               "evolved": cand.get("evolved"), **extra})
+            run.drop(reason, key=cand["key"], operation=cand["op"], round=cand["round"],
+                     parent_id=cand["item"].record_id, parent=cand["item"].instruction,
+                     evolved=cand.get("evolved"), **extra)
 
-        with LLMClient(llm) as client:
-            for rnd in range(cfg.rounds):
-                # 1. evolve every frontier instruction with the drawn operations
-                cands: list[dict[str, Any]] = []
-                for i, item in enumerate(frontier):
-                    for op in rng.sample(cfg.operations, cfg.ops_per_instruction):
-                        cands.append({"item": item, "op": op, "round": rnd + 1, "key": f"evolve/{rnd + 1}/{i}/{op}"})
-                attempted += len(cands)
-                results = client.run_batch(run_id, [
-                    Request(c["key"], [{"role": "user", "content": render(
-                        prompts[c["op"]], {"instruction": c["item"].instruction}, where=c["key"])}],
-                        parse=parse_evolved) for c in cands], store)
-                all_results += results
-                survivors = []
-                for c, res in zip(cands, results):
-                    if not res.ok:
-                        eliminate("evolve_failed", c, error_kind=res.error_kind, error=res.error)
-                        continue
-                    c["evolved"] = res.value
-                    reason, score = check_evolution(res.value, c["item"].instruction, cfg)
-                    c["rouge_l"] = round(score, 4)
-                    if reason:
-                        eliminate(reason, c, rouge_l=c["rouge_l"])
-                    else:
-                        survivors.append(c)
-                # 2. answer the survivors
-                if cfg.answer and survivors:
-                    for c in survivors:
-                        c["answer_key"] = "answer" + c["key"].removeprefix("evolve")
-                    results = client.run_batch(run_id, [
-                        Request(c["answer_key"], [{"role": "user", "content": render(
-                            answer_prompt, {"instruction": c["evolved"]}, where=c["answer_key"])}],
-                            parse=parse_answer) for c in survivors], store)
-                    all_results += results
+        for rnd in range(cfg.rounds):
+            # 1. evolve every frontier instruction with the drawn operations
+            cands: list[dict[str, Any]] = []
+            for i, item in enumerate(frontier):
+                for op in rng.sample(cfg.operations, cfg.ops_per_instruction):
+                    cands.append({"item": item, "op": op, "round": rnd + 1, "key": f"evolve/{rnd + 1}/{i}/{op}"})
+            attempted += len(cands)
+            results = run.ask([
+                Request(c["key"], [{"role": "user", "content": render(
+                    prompts[c["op"]], {"instruction": c["item"].instruction}, where=c["key"])}],
+                    parse=parse_evolved) for c in cands])
+            survivors = []
+            for c, res in zip(cands, results):
+                if not res.ok:
+                    eliminate("evolve_failed", c, error_kind=res.error_kind, error=res.error)
+                    continue
+                c["evolved"] = res.value
+                reason, score = check_evolution(res.value, c["item"].instruction, cfg)
+                c["rouge_l"] = round(score, 4)
+                if reason:
+                    eliminate(reason, c, rouge_l=c["rouge_l"])
                 else:
-                    results = [Result(key="", ok=True, value="") for _ in survivors]
-                # 3. answered survivors become records and the next frontier; the rest keep their parent
-                next_frontier, evolved_parents = [], set()
-                for c, res in zip(survivors, results):
-                    if not res.ok:
-                        eliminate("answer_failed", c, error_kind=res.error_kind, error=res.error)
-                        continue
-                    reason = check_answer(res.value, cfg) if cfg.answer else None
-                    if reason:
-                        eliminate(reason, c, answer=res.value)
-                        continue
-                    item: Item = c["item"]
-                    rec = Record(instruction=c["evolved"], input="", output=res.value, metadata={
-                        "operation": c["op"], "evolution": "breadth" if c["op"] == "breadth" else "depth",
-                        "round": c["round"], "depth": item.depth + 1, "operations": [*item.ops, c["op"]],
-                        "parent_instruction": item.instruction, "root_id": item.root_id,
-                        "rouge_l_to_parent": c["rouge_l"], "evolve_key": c["key"],
-                        "answer_key": c.get("answer_key")})
-                    rec.provenance = provenance(generator=self.name, template=f"evol_{c['op']}", run_id=run_id,
-                                                parent_ids=[item.record_id])  # model filled in below
-                    records.append(rec)
-                    next_frontier.append(Item(c["evolved"], rec.id, item.root_id, item.depth + 1,
-                                              [*item.ops, c["op"]]))
-                    evolved_parents.add(id(item))
-                # an instruction none of whose evolutions survived is tried again next round
-                frontier = next_frontier + [it for it in frontier if id(it) not in evolved_parents]
+                    survivors.append(c)
+            # 2. answer the survivors
+            if cfg.answer and survivors:
+                for c in survivors:
+                    c["answer_key"] = "answer" + c["key"].removeprefix("evolve")
+                results = run.ask([
+                    Request(c["answer_key"], [{"role": "user", "content": render(
+                        answer_prompt, {"instruction": c["evolved"]}, where=c["answer_key"])}],
+                        parse=parse_answer) for c in survivors])
+            else:
+                results = [Result(key="", ok=True, value="") for _ in survivors]
+            # 3. answered survivors become records and the next frontier; the rest keep their parent
+            next_frontier, evolved_parents = [], set()
+            for c, res in zip(survivors, results):
+                if not res.ok:
+                    eliminate("answer_failed", c, error_kind=res.error_kind, error=res.error)
+                    continue
+                reason = check_answer(res.value, cfg) if cfg.answer else None
+                if reason:
+                    eliminate(reason, c, answer=res.value)
+                    continue
+                item: Item = c["item"]
+                rec = run.record(instruction=c["evolved"], output=res.value, metadata={
+                    "operation": c["op"], "evolution": "breadth" if c["op"] == "breadth" else "depth",
+                    "round": c["round"], "depth": item.depth + 1, "operations": [*item.ops, c["op"]],
+                    "parent_instruction": item.instruction, "root_id": item.root_id,
+                    "rouge_l_to_parent": c["rouge_l"], "evolve_key": c["key"],
+                    "answer_key": c.get("answer_key")}, template=f"evol_{c['op']}", parent_ids=[item.record_id])
+                records.append(rec)
+                next_frontier.append(Item(c["evolved"], rec.id, item.root_id, item.depth + 1,
+                                          [*item.ops, c["op"]]))
+                evolved_parents.add(id(item))
+            # an instruction none of whose evolutions survived is tried again next round
+            frontier = next_frontier + [it for it in frontier if id(it) not in evolved_parents]
 
-        model = run_record(store, run_id)["model"] if all_results else llm.model
-        params = sampling_params(llm)
-        for rec in records:
-            rec.provenance.model, rec.provenance.sampling_params = model, dict(params)
-        failures = failure_rows(all_results)
-        assert len(records) + sum(filtered.values()) == attempted  # every attempt ends exactly once
-        version_params = {"generator": self.name, "config": asdict(cfg), "source": label, "run_id": run_id,
-                          "llm": {k: v for k, v in llm.to_dict().items() if k != "api_key_env"},
-                          "requested": len(all_results), "failed": len(failures), "attempted": attempted,
-                          "filtered": filtered}
-        manifest = commit_records(store, name, records, generator=self.name, params=version_params,
-                                  parents=[*source_parents, *(parents or [])])
-        return GenerationReport(
-            self.name, manifest.id, manifest.ref, manifest.records, requested=len(all_results),
-            failed=len(failures), run_id=run_id, filtered=filtered, failures=failures,
-            details={"source": label, "attempted": attempted, "eliminated": eliminated, "model": model,
-                     "operations": {op: sum(1 for r in records if r.metadata["operation"] == op)
-                                    for op in cfg.operations}})
-
+        assert len(records) + sum(run.filtered.values()) == attempted  # every attempt ends exactly once
+        run.params.update(source=label, attempted=attempted)
+        run.details.update(source=label, attempted=attempted, operations={
+            op: sum(1 for r in records if r.metadata["operation"] == op) for op in cfg.operations})
+        return records

@@ -1,18 +1,25 @@
 """Generators: turn seeds (records, raw rows) into new records, committed as a new version.
 
-The base is deliberately small (as datatrove's pipeline step): a generator is a class with a `name`,
-a `Config` dataclass whose fields carry their help text (the same object drives the CLI, the app
-forms and the version's params), and one `run` method that returns a `GenerationReport`.
+The base owns the run, as datatrove's `BaseFilter` owns counting and dropping and distilabel's `Task`
+leaves only formatting to the subclass. A generator is a class with a `name`, a `Config` dataclass
+whose fields carry their help text (the same object drives the CLI, the app forms and the version's
+params), `check()` for the config, and `generate(run)`: it reads its seeds, sends its requests with
+`run.ask(...)`, turns replies into records with `run.record(...)`, and says why anything was left
+out with `run.drop(reason, **detail)`. The base (`Generator.run` and `GenerationRun`) does the rest:
+- the LLM client, opened on the first request and journalled under the run id, so a killed run
+  resumes without re-sending what finished;
+- provenance: every record names the generator, template, parent ids and source; records made from
+  an LLM reply also the model that answered and the sampling parameters;
+- failed requests are data: they stay in the run journal (`assay.core.llm.journal.run_failures`)
+  with the raw reply, are counted in `failed` and listed in the report's `failures`;
+- drops: `filtered` counts them by reason, `dropped` lists each with its detail;
+- the commit (one version, nothing committed if the generator raised) and its params: the config,
+  the LLM settings without the API key's variable name, the counts;
+- the report.
 
-Shared pieces every generator uses:
-- `load_prompt(name)` / `render(template, row)`: prompts are Jinja2 files in `pipelines/prompts/`
-  (editable without touching code); StrictUndefined makes a template that names a missing field fail
-  with one line naming the template and the field, instead of rendering an empty string.
-- `commit_records(...)`: fills every record's provenance (generator, template id, model, sampling
-  params, parent ids, source = run id) and commits them as one version; nothing is committed if the
-  generator raised before it.
-- LLM failures are data: they stay in the run journal (`assay.core.llm.journal.run_failures`) with the
-  raw reply, are counted in `failed`, and are listed in the report.
+Shared pieces for prompts: `load_prompt(name)` / `render(template, row)`: prompts are Jinja2 files in
+`pipelines/prompts/` (editable without touching code); StrictUndefined makes a template that names a
+missing field fail with one line naming the template and the field, instead of rendering "".
 
 `generate(store, kind, name, config_dict, llm_config, run_id)` is the one entry point the CLI and
 the app call.
@@ -23,6 +30,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
+import json
 import re
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -32,7 +40,8 @@ from typing import Any, ClassVar
 import jinja2
 
 from assay.core.errors import AssayError
-from assay.core.llm import LLMConfig, Result
+from assay.core.llm import LLMClient, LLMConfig, Request, Result
+from assay.core.llm.journal import run_record
 from assay.core.options import options
 from assay.core.records import Provenance, Record, rows_to_table
 from assay.core.store import Manifest, Store, VersionWriter
@@ -45,7 +54,8 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 @dataclass
 class GenerationReport:
     """What a generator run produced. `requested` counts LLM requests (0 for LLM-free generators);
-    `failed` those that failed (transport error or unparsable reply), each listed in `failures`."""
+    `failed` those that failed (transport error or unparsable reply), each listed in `failures`;
+    `filtered` counts what was left out by reason, and `dropped` lists each with its detail."""
 
     generator: str
     version: str | None
@@ -56,7 +66,8 @@ class GenerationReport:
     run_id: str | None = None
     filtered: dict[str, int] = field(default_factory=dict)  # drop reason -> count
     failures: list[dict[str, Any]] = field(default_factory=list)  # key, error_kind, error, raw
-    details: dict[str, Any] = field(default_factory=dict)  # generator-specific (e.g. rejected instructions)
+    details: dict[str, Any] = field(default_factory=dict)  # generator-specific (e.g. kept instructions)
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # reason, then the generator's detail
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -68,10 +79,90 @@ def failure_rows(results: list[Result]) -> list[dict[str, Any]]:
             for r in results if not r.ok]
 
 
+# ---- one run -----------------------------------------------------------------------------------
+
+class GenerationRun:
+    """What a generator's `generate` works through: requests, records, drops, and what goes into the
+    version's params (`params`), its lineage (`seed_parents`) and the report (`details`)."""
+
+    def __init__(self, generator: str, store: Store, name: str, llm: LLMConfig | None, run_id: str | None):
+        self.generator, self.store, self.name = generator, store, name
+        self.llm = llm or LLMConfig()
+        self.run_id = run_id or default_run_id(generator, name)
+        self.results: list[Result] = []  # every request's result, in the order sent
+        self.filtered: dict[str, int] = {}
+        self.dropped: list[dict[str, Any]] = []
+        self.params: dict[str, Any] = {}  # generator-specific version params (e.g. the seeds' label)
+        self.details: dict[str, Any] = {}  # generator-specific report details
+        self.seed_parents: list[str] = []  # versions the seeds came from: parents of the new version
+        self._client: LLMClient | None = None
+
+    def ask(self, requests: list[Request]) -> list[Result]:
+        """Send `requests` (one batch, journalled under the run id); one Result per request, in order.
+        The client (and the embedded server, when no endpoint is configured) stays up across batches."""
+        if not requests:
+            return []
+        if self._client is None:
+            self._client = LLMClient(self.llm).__enter__()
+        results = self._client.run_batch(self.run_id, requests, self.store)
+        self.results += results
+        return results
+
+    def drop(self, reason: str, **detail: Any) -> None:
+        """Leave something out, and say why. `filtered` counts the reason up to its first ':'
+        ("blacklisted:image" counts as "blacklisted"); `dropped` keeps the whole reason and detail."""
+        base = reason.split(":")[0]
+        self.filtered[base] = self.filtered.get(base, 0) + 1
+        self.dropped.append({"reason": reason, **detail})
+
+    def record(self, *, instruction: str, output: str, input: str = "", metadata: dict[str, Any] | None = None,
+               template: str | None, parent_ids: list[str] | None = None, source: str | None = None,
+               source_row: int | None = None) -> Record:
+        """A new record with its provenance. `source` names a seed file the text was taken from;
+        without it the record came from an LLM reply of this run, and at the commit it is stamped
+        with the model that answered and the sampling parameters."""
+        return Record(instruction=instruction, input=input, output=output, metadata=dict(metadata or {}),
+                      provenance=provenance(generator=self.generator, template=template, run_id=self.run_id,
+                                            parent_ids=parent_ids, source=source, source_row=source_row))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.__exit__(None, None, None)
+            self._client = None
+
+    def commit(self, records: list[Record], config: Any, parents: list[str] | None) -> GenerationReport:
+        """Stamp the LLM's records, commit them as the next version of `name`, and report."""
+        sent = bool(self.results)
+        model = run_record(self.store, self.run_id)["model"] if sent else self.llm.model
+        sampling = sampling_params(self.llm)
+        for rec in records:
+            if rec.provenance.source == self.run_id:  # made from a reply of this run
+                rec.provenance.model, rec.provenance.sampling_params = model, dict(sampling)
+        failures = failure_rows(self.results)
+        version_params: dict[str, Any] = {
+            "generator": self.generator, "config": jsonable(config), **self.params,
+            "run_id": self.run_id if sent else None, "requested": len(self.results), "failed": len(failures),
+            "filtered": self.filtered}
+        if sent:  # the endpoint's settings, without the name of the variable that holds its key
+            version_params["llm"] = {k: v for k, v in self.llm.to_dict().items() if k != "api_key_env"}
+        manifest = commit_records(self.store, self.name, records, generator=self.generator, params=version_params,
+                                  parents=[*self.seed_parents, *(parents or [])])
+        return GenerationReport(
+            self.generator, manifest.id, manifest.ref, manifest.records, requested=len(self.results),
+            failed=len(failures), run_id=self.run_id if sent else None, filtered=self.filtered, failures=failures,
+            details={**self.details, **({"model": model} if sent else {})}, dropped=self.dropped)
+
+
+def jsonable(config: Any) -> dict[str, Any]:
+    """A config dataclass as JSON-safe params (paths and other values JSON cannot hold become text)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
 # ---- the base class ----------------------------------------------------------------------------
 
 class Generator(abc.ABC):
-    """One generator. Subclasses set `name` and a `Config` dataclass, and implement `run`."""
+    """One generator. Subclasses set `name` and a `Config` dataclass, and implement `generate` (and
+    `check`, for what in the config can be wrong before any seed is read)."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
@@ -89,10 +180,23 @@ class Generator(abc.ABC):
                              f"(options: {', '.join(sorted(known))})")
         return cls(cls.Config(**(values or {})))
 
+    def check(self) -> None:  # noqa: B027 (optional hook: most configs need a check, not all)
+        """Raise AssayError for a config that cannot work (called before anything is read or sent)."""
+
     @abc.abstractmethod
+    def generate(self, run: GenerationRun) -> list[Record]:
+        """Read the seeds, make the records (sending requests through `run.ask`), drop with reasons."""
+
     def run(self, store: Store, name: str, *, llm: LLMConfig | None = None, run_id: str | None = None,
             parents: list[str] | None = None) -> GenerationReport:
         """Generate, commit a new version of dataset `name`, and report."""
+        self.check()
+        run = GenerationRun(self.name, store, name, llm, run_id)
+        try:
+            records = self.generate(run)
+        finally:
+            run.close()
+        return run.commit(records, self.config, parents)
 
 
 def default_run_id(generator: str, name: str) -> str:
@@ -184,8 +288,8 @@ def generators() -> dict[str, type[Generator]]:
     from assay.pipelines.chain_of_task import ChainOfTask
     from assay.pipelines.code_edits import CodeEdits
     from assay.pipelines.evol_instruct import EvolInstruct
+    from assay.pipelines.flan import FlanTemplates
     from assay.pipelines.self_instruct import SelfInstruct
-    from assay.pipelines.templates import FlanTemplates
 
     return {g.name: g for g in (FlanTemplates, SelfInstruct, EvolInstruct, CodeEdits, ChainOfTask)}
 

@@ -19,31 +19,23 @@ and is counted in the report's `failed`.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from assay.core.errors import AssayError, BadInput
-from assay.core.llm import LLMClient, LLMConfig, ParseError, Request, Result, parse_json
-from assay.core.llm.journal import run_record
+from assay.core.llm import ParseError, Request, parse_json
 from assay.core.records import Record, record_id
-from assay.core.sources import ALIASES, open_source
+from assay.core.sources import read_seeds
 from assay.core.store import Store
 from assay.core.text import rouge_l, tokens
 from assay.pipelines.generate import (
-    GenerationReport,
+    GenerationRun,
     Generator,
-    commit_records,
-    default_run_id,
-    failure_rows,
     load_prompt,
-    provenance,
     render,
-    sampling_params,
 )
 
 # From the paper's code (self_instruct/bootstrap_instructions.py): tasks a language model cannot do.
@@ -242,7 +234,8 @@ def load_seeds(store: Store, ref: str) -> tuple[str, list[Seed], list[str]]:
     """(label, seeds, parent version ids). A file: Self-Instruct seed tasks (instruction + instances)
     or instruction/input/output rows; a version: its records grouped by instruction."""
     if not ref:
-        raise AssayError("self-instruct: no seeds given (a seed file or a version)")
+        raise AssayError("self-instruct: no seeds given (a seed file, a version or hf:OWNER/NAME)")
+    source = read_seeds(store, ref)
     by_instruction: dict[str, Seed] = {}
 
     def add(instruction: str, inp: str, out: str, is_cls: Any) -> None:
@@ -252,33 +245,22 @@ def load_seeds(store: Store, ref: str) -> tuple[str, list[Seed], list[str]]:
         seed = by_instruction.setdefault(instruction, Seed(instruction, bool(is_cls), []))
         seed.ids.append(record_id(instruction, inp, out, None))
 
-    if os.path.exists(ref) or "://" in ref:
-        label, parents = ref, []
-        source = open_source(ref, None, None)
-        for pos, row in source.rows:
-            if not isinstance(row, dict):
-                raise BadInput(ref, "expected an object per row", line=pos, unit=source.unit)
-            instr = row.get("instruction")
-            if instr is None:
-                instr = next((row[a] for a in ALIASES["instruction"] if a in row), None)
-            if not isinstance(instr, str):
-                raise BadInput(ref, "missing or not text", line=pos, unit=source.unit, field="instruction")
-            if isinstance(row.get("instances"), list):
-                for inst in row["instances"] or [{}]:
-                    add(instr, str(inst.get("input") or ""), str(inst.get("output") or ""),
-                        row.get("is_classification"))
-            else:
-                out = row.get("output", next((row[a] for a in ALIASES["output"] if a in row), ""))
-                add(instr, str(row.get("input") or ""), str(out or ""), row.get("is_classification"))
-    else:
-        manifest = store.resolve(ref)
-        label, parents = manifest.ref, [manifest.id]
-        for r in store.read(manifest).iter_rows(named=True):
-            meta = json.loads(r["metadata"] or "{}")
-            add(r["instruction"] or "", r["input"] or "", r["output"] or "", meta.get("is_classification"))
+    for row in source.rows:
+        fields_, instr = row.fields, row.fields.get("instruction")
+        if not isinstance(instr, str):
+            if source.parents:  # a chat record of a version is no seed task
+                continue
+            raise BadInput(source.label, "missing or not text", line=row.pos, unit=source.unit, field="instruction")
+        if isinstance(fields_.get("instances"), list):
+            for inst in fields_["instances"] or [{}]:
+                add(instr, str(inst.get("input") or ""), str(inst.get("output") or ""),
+                    fields_.get("is_classification"))
+        else:
+            add(instr, str(fields_.get("input") or ""), str(fields_.get("output") or ""),
+                fields_.get("is_classification"))
     if not by_instruction:
-        raise BadInput(label, "empty: no seed tasks (need rows with an instruction)")
-    return label, list(by_instruction.values()), parents
+        raise BadInput(source.label, "empty: no seed tasks (need rows with an instruction)")
+    return source.label, list(by_instruction.values()), source.parents
 
 
 # ---- the generator -----------------------------------------------------------------------------
@@ -287,110 +269,82 @@ class SelfInstruct(Generator):
     name = "self-instruct"
     Config = SelfInstructConfig
 
-    def run(self, store: Store, name: str, *, llm: LLMConfig | None = None, run_id: str | None = None,
-            parents: list[str] | None = None) -> GenerationReport:
+    def check(self) -> None:
         cfg: SelfInstructConfig = self.config
         if cfg.n < 1:
             raise AssayError("self-instruct: n must be >= 1")
         if not 0 <= cfg.rouge_threshold <= 1:
             raise AssayError("self-instruct: rouge_threshold must be in [0, 1]")
+
+    def generate(self, run: GenerationRun) -> list[Record]:
+        cfg: SelfInstructConfig = self.config
         # load and check everything that can fail on user input before the first request
         prompts = {k: load_prompt(f"self_instruct_{k}", cfg.prompts_dir)
                    for k in ("tasks", "is_classification", "instances", "instances_output_first")}
-        label, seeds, seed_parents = load_seeds(store, cfg.seeds)
-        llm = llm or LLMConfig()
-        run_id = run_id or default_run_id(self.name, name)
+        label, seeds, run.seed_parents = load_seeds(run.store, cfg.seeds)
         rng = random.Random(cfg.seed)
         pool = Pool([s.instruction for s in seeds])
         machine: list[dict[str, Any]] = []  # kept: instruction, key, parent_ids, rouge, similar_to
-        rejected: list[dict[str, Any]] = []
-        filtered: dict[str, int] = {}
-        all_results: list[Result] = []
-
-        def drop(instruction: str, reason: str, key: str, **extra) -> None:
-            base = reason.split(":")[0]
-            filtered[base] = filtered.get(base, 0) + 1
-            rejected.append({"instruction": instruction, "reason": reason, "key": key, **extra})
-
-        with LLMClient(llm) as client:
-            rounds = 0
-            while len(machine) < cfg.n and rounds < cfg.max_rounds:
-                want = cfg.n - len(machine)
-                count = min(cfg.prompts_per_round, max(1, math.ceil(want / cfg.new_per_prompt)))
-                requests, shown = [], {}
-                for i in range(count):
-                    m = rng.sample(machine, min(cfg.machine_per_prompt, len(machine)))
-                    h = rng.sample(seeds, min(cfg.human_per_prompt + cfg.machine_per_prompt - len(m), len(seeds)))
-                    examples = [s.instruction for s in h] + [x["instruction"] for x in m]
-                    rng.shuffle(examples)
-                    key = f"tasks/{rounds}/{i}"
-                    shown[key] = [pid for s in h for pid in s.ids[:1]]
-                    text = render(prompts["tasks"], {"tasks": examples, "num_new": cfg.new_per_prompt})
-                    requests.append(Request(key, [{"role": "user", "content": text}], parse=parse_instructions))
-                results = client.run_batch(run_id, requests, store)
-                all_results += results
-                for res in results:
-                    if not res.ok:
+        rounds = 0
+        while len(machine) < cfg.n and rounds < cfg.max_rounds:
+            want = cfg.n - len(machine)
+            count = min(cfg.prompts_per_round, max(1, math.ceil(want / cfg.new_per_prompt)))
+            requests, shown = [], {}
+            for i in range(count):
+                m = rng.sample(machine, min(cfg.machine_per_prompt, len(machine)))
+                h = rng.sample(seeds, min(cfg.human_per_prompt + cfg.machine_per_prompt - len(m), len(seeds)))
+                examples = [s.instruction for s in h] + [x["instruction"] for x in m]
+                rng.shuffle(examples)
+                key = f"tasks/{rounds}/{i}"
+                shown[key] = [pid for s in h for pid in s.ids[:1]]
+                text = render(prompts["tasks"], {"tasks": examples, "num_new": cfg.new_per_prompt})
+                requests.append(Request(key, [{"role": "user", "content": text}], parse=parse_instructions))
+            for res in run.ask(requests):
+                if not res.ok:
+                    continue
+                for instruction in res.value:
+                    if len(machine) >= cfg.n:
+                        run.drop("enough", instruction=instruction, key=res.key)
                         continue
-                    for instruction in res.value:
-                        if len(machine) >= cfg.n:
-                            drop(instruction, "enough", res.key)
-                            continue
-                        reason = check_instruction(instruction, cfg)
-                        if reason:
-                            drop(instruction, reason, res.key)
-                            continue
-                        score, similar = pool.most_similar(instruction)
-                        if score > cfg.rouge_threshold:
-                            drop(instruction, "similar", res.key, rouge_l=round(score, 4), similar_to=similar)
-                            continue
-                        pool.add(instruction)
-                        machine.append({"instruction": instruction, "key": res.key, "parent_ids": shown[res.key],
-                                        "rouge_l_max": round(score, 4), "similar_to": similar})
-                rounds += 1
+                    reason = check_instruction(instruction, cfg)
+                    if reason:
+                        run.drop(reason, instruction=instruction, key=res.key)
+                        continue
+                    score, similar = pool.most_similar(instruction)
+                    if score > cfg.rouge_threshold:
+                        run.drop("similar", instruction=instruction, key=res.key, rouge_l=round(score, 4),
+                                 similar_to=similar)
+                        continue
+                    pool.add(instruction)
+                    machine.append({"instruction": instruction, "key": res.key, "parent_ids": shown[res.key],
+                                    "rouge_l_max": round(score, 4), "similar_to": similar})
+            rounds += 1
 
-            # is it a classification task? (decides input-first vs output-first instances)
-            if cfg.detect_classification and machine:
-                reqs = [Request(f"classify/{k}", [{"role": "user", "content": render(
-                    prompts["is_classification"], {"instruction": m["instruction"]})}], parse=parse_yes_no)
-                    for k, m in enumerate(machine)]
-                results = client.run_batch(run_id, reqs, store)
-                all_results += results
-                for m, res in zip(machine, results):
-                    m["is_classification"] = bool(res.ok and res.value)  # a failed check: input first
-                    m["classify_key"] = res.key
-            reqs = []
-            for k, m in enumerate(machine):
-                m.setdefault("is_classification", False)
-                which = "instances_output_first" if m["is_classification"] else "instances"
-                m["template"] = f"self_instruct_{which}"
-                parse = parse_instance_output_first if m["is_classification"] else parse_instance
-                reqs.append(Request(f"instances/{k}", [{"role": "user", "content": render(
-                    prompts[which], {"instruction": m["instruction"]})}], parse=parse))
-            results = client.run_batch(run_id, reqs, store) if reqs else []
-            all_results += results
-
-        model = run_record(store, run_id)["model"] if all_results else llm.model
-        params = sampling_params(llm)
+        # is it a classification task? (decides input-first vs output-first instances)
+        if cfg.detect_classification and machine:
+            results = run.ask([Request(f"classify/{k}", [{"role": "user", "content": render(
+                prompts["is_classification"], {"instruction": m["instruction"]})}], parse=parse_yes_no)
+                for k, m in enumerate(machine)])
+            for m, res in zip(machine, results):
+                m["is_classification"] = bool(res.ok and res.value)  # a failed check: input first
+                m["classify_key"] = res.key
+        reqs = []
+        for k, m in enumerate(machine):
+            m.setdefault("is_classification", False)
+            which = "instances_output_first" if m["is_classification"] else "instances"
+            m["template"] = f"self_instruct_{which}"
+            parse = parse_instance_output_first if m["is_classification"] else parse_instance
+            reqs.append(Request(f"instances/{k}", [{"role": "user", "content": render(
+                prompts[which], {"instruction": m["instruction"]})}], parse=parse))
         records: list[Record] = []
-        for m, res in zip(machine, results):
+        for m, res in zip(machine, run.ask(reqs)):
             if not res.ok:
                 continue  # counted in failed, listed in failures, kept in the journal
-            records.append(Record(
+            records.append(run.record(
                 instruction=m["instruction"], input=res.value["input"], output=res.value["output"],
                 metadata={"is_classification": m["is_classification"], "instruction_key": m["key"],
                           "instance_key": res.key, "rouge_l_max": m["rouge_l_max"], "similar_to": m["similar_to"]},
-                provenance=provenance(generator=self.name, template=m["template"], run_id=run_id, model=model,
-                                      sampling_params=params, parent_ids=m["parent_ids"])))
-        failures = failure_rows(all_results)
-        version_params = {"generator": self.name, "config": asdict(cfg), "seeds": label, "run_id": run_id,
-                          "llm": {k: v for k, v in llm.to_dict().items() if k != "api_key_env"},
-                          "requested": len(all_results), "failed": len(failures), "filtered": filtered,
-                          "rounds": rounds}
-        manifest = commit_records(store, name, records, generator=self.name, params=version_params,
-                                  parents=[*seed_parents, *(parents or [])])
-        return GenerationReport(
-            self.name, manifest.id, manifest.ref, manifest.records, requested=len(all_results),
-            failed=len(failures), run_id=run_id, filtered=filtered, failures=failures,
-            details={"seeds": len(seeds), "rounds": rounds, "kept_instructions": [m["instruction"] for m in machine],
-                     "rejected": rejected, "model": model})
+                template=m["template"], parent_ids=m["parent_ids"]))
+        run.params.update(seeds=label, rounds=rounds)
+        run.details.update(seeds=len(seeds), rounds=rounds, kept_instructions=[m["instruction"] for m in machine])
+        return records

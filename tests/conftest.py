@@ -47,3 +47,14 @@ def store(workspace):
 @pytest.fixture
 def cli(workspace) -> Cli:
     return Cli(workspace)
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """No Hub here. Say so up front: `datasets` reads HF_HUB_OFFLINE once, at import, and without it
+    a Hub lookup retries for ~20 s before it fails with the same error."""
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)

@@ -37,6 +37,7 @@ from assay.core import jobs
 from assay.core.errors import AssayError
 from assay.core.manifest import code_version
 from assay.core.models import load_model, load_tokenizer
+from assay.core.sources import is_external
 from assay.core.store import Manifest, Store
 from assay.pipelines.importer import import_source
 
@@ -102,12 +103,12 @@ def resolve_reference(store: Store, config: TrainConfig) -> Manifest:
     try:
         return store.resolve(config.reference)
     except AssayError as exc:
-        path = Path(config.reference)
-        if not path.is_file():
-            raise AssayError(f"train: reference set {config.reference!r} "
-                             f"is neither a version nor a file: {exc}") from exc
+        if not is_external(config.reference):  # the same "version, file or hf:" the generators read
+            raise AssayError(f"train: reference set {config.reference!r} is neither a version nor a file "
+                             f"(nor hf:OWNER/NAME): {exc}") from exc
+    path = Path(config.reference)
     name = "eval-" + (re.sub(r"[^A-Za-z0-9_.\-]", "-", path.name.split(".")[0]) or "reference")
-    manifest = import_source(store, str(path), name, show_progress=False)
+    manifest = import_source(store, config.reference, name, show_progress=False)
     config.reference = manifest.id
     return manifest
 

@@ -155,8 +155,8 @@ def check_accounting(store, report: dict, run_id: str) -> None:
     """records + eliminated == attempted; requested == ok + failed; every failure kept with its reply."""
     d = report["details"]
     assert report["records"] + sum(report["filtered"].values()) == d["attempted"]
-    assert len(d["eliminated"]) == sum(report["filtered"].values())
-    assert Counter(e["reason"] for e in d["eliminated"]) == report["filtered"]
+    assert len(report["dropped"]) == sum(report["filtered"].values())
+    assert Counter(e["reason"] for e in report["dropped"]) == report["filtered"]
     rec = run_record(store, run_id)
     assert report["requested"] == rec["requested"] == rec["ok"] + rec["failed"]
     assert report["failed"] == rec["failed"] == len(report["failures"])
@@ -171,7 +171,7 @@ def check_accounting(store, report: dict, run_id: str) -> None:
     assert manifest.operation == "generate:evol-instruct"
     assert manifest.params["filtered"] == report["filtered"] and manifest.params["attempted"] == d["attempted"]
     # each elimination by a text rule is reproducible from what was recorded
-    for e in d["eliminated"]:
+    for e in report["dropped"]:
         if e["reason"] in ("copied_prompt", "refusal", "too_short", "no_gain"):
             assert check_evolution(e["evolved"], e["parent"], EvolInstructConfig())[0] == e["reason"]
 

@@ -62,8 +62,7 @@ def test_failed_export_leaves_no_file(store, tmp_path):
         export_version(store, "nope", str(tmp_path / "out.jsonl"))
 
 
-def test_push_without_the_hub_is_a_clear_error(store, version, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_push_without_the_hub_is_a_clear_error(store, version, hub_offline):
     with pytest.raises(AssayError, match="hf:assay-test/x: cannot push to the Hugging Face Hub"):
         export_version(store, version.id, "hf:assay-test/x")
 

@@ -182,9 +182,7 @@ def test_unknown_layout_and_missing_file(store, tmp_path):
         import_source(store, "owner/name", "x", ImportConfig(format="jsonl"))
 
 
-def test_hub_id_without_network_is_a_clear_error(store, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+def test_hub_id_without_network_is_a_clear_error(store, hub_offline):
     with pytest.raises(AssayError, match=r"hf:assay-test/does-not-exist: cannot load from the Hugging Face Hub"):
         import_source(store, "hf:assay-test/does-not-exist", "x")
 

@@ -226,8 +226,8 @@ def test_faults_are_counted_and_kept_with_their_raw_replies(store, seed_file, tm
     assert len(out) == report["records"] == len(kept) - instance_failures
     assert all(r["source"] == "si-faults" and r["model"] == srv.model and r["parent_ids"] for r in out)
     # the filters ran on what came back, and every drop has its reason
-    assert sum(report["filtered"].values()) == len(report["details"]["rejected"])
-    assert all(r["reason"] for r in report["details"]["rejected"])
+    assert sum(report["filtered"].values()) == len(report["dropped"])
+    assert all(r["reason"] for r in report["dropped"])
 
     # the same run id again: every call is finished in the journal, so nothing is sent (nothing listens
     # there) and the same records come back as the next version
@@ -248,7 +248,7 @@ def test_similar_instructions_are_dropped_by_rouge(store, seed_file, tmp_path):
     assert (report["requested"], report["failed"], report["records"]) == (4, 0, 0)  # 2 rounds x 2 prompts
     assert report["filtered"] == {"similar": 4}
     seeds = [t for t, _ in SEEDS]
-    for r in report["details"]["rejected"]:
+    for r in report["dropped"]:
         assert r["reason"] == "similar" and r["similar_to"] in seeds and r["rouge_l"] > 0.7
         assert r["instruction"] == "echo:" + r["similar_to"]
     assert store.resolve(report["version"]).records == 0  # an honest empty version: the run is recorded

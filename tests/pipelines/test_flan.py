@@ -1,4 +1,4 @@
-"""Flan-style templating (pipelines/templates.py) on real data: GSM8K and the EcomGPT review-topic file."""
+"""Flan-style templating (pipelines/flan.py) on real data: GSM8K and the EcomGPT review-topic file."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 
 from assay.core.errors import AssayError
+from assay.pipelines.flan import load_library
 from assay.pipelines.generate import TemplateError, generate
 from assay.pipelines.importer import ImportConfig, import_source
-from assay.pipelines.templates import load_library
 
 N = 6  # source rows: the tests read only the first few
 
@@ -169,10 +169,8 @@ def test_every_generator_option_carries_help():
     assert {o["name"] for o in generator_options("self-instruct")} >= {"seeds", "n", "rouge_threshold", "blacklist"}
 
 
-def test_hub_dataset_source_goes_through_datasets(store, monkeypatch):
+def test_hub_dataset_source_goes_through_datasets(store, hub_offline):
     """`source=hf:ID` is read by the importer's Hub reader: offline, a clear error and nothing committed."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(AssayError, match=r"hf:assay-test/nope: cannot load from the Hugging Face Hub"):
         generate(store, "templates", "x", {"source": "hf:assay-test/nope", "tasks": ["qa"]})
     assert store.versions() == []

@@ -22,18 +22,17 @@ from typing import Any
 import yaml
 
 from assay.core.errors import AssayError, BadInput
-from assay.core.llm import LLMConfig
-from assay.core.records import Record, export_row, record_id
-from assay.core.sources import ALIASES, open_source
+from assay.core.records import Record
+from assay.core.sources import Seeds, read_seeds
 from assay.core.store import Store
-from assay.pipelines.generate import GenerationReport, Generator, commit_records, compile_template, provenance, render
+from assay.pipelines.generate import GenerationRun, Generator, compile_template, render
 
 LIBRARY = Path(__file__).resolve().parent / "template_library" / "flan.yaml"
 MODES = ("zero-shot", "few-shot", "both")
 
 
 @dataclass
-class TemplatesConfig:
+class FlanConfig:
     source: str = field(default="", metadata={
         "help": "the dataset to template: a version (NAME, NAME@N, id) or a file (JSONL, JSON, CSV, Parquet)"})
     tasks: list[str] = field(default_factory=lambda: ["qa"], metadata={
@@ -116,58 +115,33 @@ def _dig(row: dict[str, Any], path: str, where: str) -> Any:
     return value
 
 
-def _read_source(store: Store, config: TemplatesConfig) -> tuple[str, list[_Row], list[str], dict | None]:
-    """(label, rows, parent version ids, meta) for a version ref or a file."""
-    src = config.source
-    if not src:
+def _read_source(store: Store, config: FlanConfig) -> tuple[Seeds, list[_Row], dict | None]:
+    """(seeds, rows with their template variables, meta) for a version, a file or a Hub dataset."""
+    if not config.source:
         raise AssayError("templates: no source given (a version, a file or hf:OWNER/NAME)")
-    rows: list[_Row] = []
+    seeds = read_seeds(store, config.source, config.limit)
+    if not seeds.rows:
+        raise BadInput(seeds.label, "empty: no rows to template")
     meta_path = config.meta
-    if os.path.exists(src) or "://" in src or src.startswith("hf:"):  # a file, a URL or a Hub dataset id
-        label, parents = src, []
-        source = open_source(src, None, None)
-        for pos, raw in source.rows:
-            if not isinstance(raw, dict):
-                raise BadInput(src, "expected an object per row", line=pos, unit=source.unit)
-            row = dict(raw)
-            for target in ("instruction", "input", "output"):  # the same aliases `assay import` knows
-                if target not in row:
-                    alias = next((a for a in ALIASES[target] if a in raw), None)
-                    if alias is not None:
-                        row[target] = raw[alias]
-            parent = (record_id(str(row["instruction"]), str(row.get("input") or ""), str(row.get("output") or ""),
-                                None) if "instruction" in row else None)
-            rows.append(_Row(pos, row, parent))
-            if config.limit and len(rows) >= config.limit:
-                break
-        if meta_path is None:
-            stem = src
-            for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet"):
-                stem = stem.removesuffix(suffix)
-            meta_path = stem + ".meta.json" if os.path.exists(stem + ".meta.json") else None
-    else:
-        manifest = store.resolve(src)
-        label, parents = manifest.ref, [manifest.id]
-        frame = store.read(manifest)
-        if config.limit:
-            frame = frame.head(config.limit)
-        for pos, r in enumerate(frame.iter_rows(named=True), 1):
-            rows.append(_Row(pos, export_row(r), r["id"]))
-    if not rows:
-        raise BadInput(label, "empty: no rows to template")
+    if meta_path is None and seeds.path:  # NAME.meta.json beside a source file
+        stem = seeds.path
+        for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet"):
+            stem = stem.removesuffix(suffix)
+        meta_path = stem + ".meta.json" if os.path.exists(stem + ".meta.json") else None
     meta = None
     if meta_path:
         try:
             meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise AssayError(f"{meta_path}: cannot read the meta file: {exc}") from None
+    rows = [_Row(seed.pos, seed.fields, seed.record_id) for seed in seeds.rows]
     for row in rows:
         for var, path in config.map.items():
-            row.vars[var] = _dig(row.vars, path, f"{label}:{row.pos}")
-    return label, rows, parents, meta
+            row.vars[var] = _dig(row.vars, path, f"{seeds.label}:{row.pos}")
+    return seeds, rows, meta
 
 
-def _options(config: TemplatesConfig, meta: dict | None) -> list[str] | None:
+def _options(config: FlanConfig, meta: dict | None) -> list[str] | None:
     if config.options is not None:
         return list(config.options)
     if isinstance(meta, dict) and isinstance(meta.get("label_set"), dict):
@@ -182,22 +156,26 @@ def _options(config: TemplatesConfig, meta: dict | None) -> list[str] | None:
 
 class FlanTemplates(Generator):
     name = "templates"
-    Config = TemplatesConfig
+    Config = FlanConfig
     uses_llm = False
 
-    def run(self, store: Store, name: str, *, llm: LLMConfig | None = None, run_id: str | None = None,
-            parents: list[str] | None = None) -> GenerationReport:
-        cfg: TemplatesConfig = self.config
+    def check(self) -> None:
+        cfg: FlanConfig = self.config
         if cfg.mode not in MODES:
             raise AssayError(f"templates: mode must be one of {', '.join(MODES)} (got {cfg.mode!r})")
         if cfg.shots < 1 and cfg.mode != "zero-shot":
             raise AssayError("templates: shots must be >= 1 for few-shot")
+
+    def generate(self, run: GenerationRun) -> list[Record]:
+        cfg: FlanConfig = self.config
         library = load_library(cfg.library)
         unknown = [t for t in cfg.tasks if t not in library]
         if unknown or not cfg.tasks:
             raise AssayError(f"templates: unknown task(s) {', '.join(unknown) or '(none given)'} "
                              f"(tasks: {', '.join(library)})")
-        label, rows, source_parents, meta = _read_source(store, cfg)
+        seeds, rows, meta = _read_source(run.store, cfg)
+        label = seeds.label
+        run.seed_parents = seeds.parents
         options = _options(cfg, meta)
         extra = {k: v for k, v in (("options", options), ("meta", meta)) if v is not None}
         rng = random.Random(cfg.seed)
@@ -205,7 +183,9 @@ class FlanTemplates(Generator):
         if "few-shot" in modes and len(rows) <= cfg.shots:
             raise AssayError(f"templates: few-shot with {cfg.shots} shots needs more than {cfg.shots} rows "
                              f"({label} has {len(rows)})")
-        source = None if source_parents else str(Path(label).resolve())
+        # a local file is named by its absolute path, as `assay import` names it; a version, URL or
+        # Hub dataset by how it was given
+        source = str(Path(seeds.path).resolve()) if seeds.path else label
         records: list[Record] = []
         cache: dict[tuple[str, int], tuple[str, str, str]] = {}  # (template id, row index) -> rendered
 
@@ -241,21 +221,12 @@ class FlanTemplates(Generator):
                             meta_out["shots"] = cfg.shots
                             meta_out["exemplar_rows"] = [rows[j].pos for j in picks]
                             parent_ids += [rows[j].parent_id for j in picks if rows[j].parent_id]
-                        records.append(Record(
+                        records.append(run.record(
                             instruction=text, input=input_, output=output, metadata=meta_out,
-                            provenance=provenance(generator=self.name, template=tpl["id"], run_id=None,
-                                                  source=source or label, source_row=row.pos,
-                                                  parent_ids=parent_ids)))
-        params = {"generator": self.name, "config": _jsonable(cfg), "source": label, "library": [str(LIBRARY),
-                  *cfg.library], "options": options}
-        manifest = commit_records(store, name, records, generator=self.name, params=params,
-                                  parents=[*source_parents, *(parents or [])])
-        return GenerationReport(self.name, manifest.id, manifest.ref, manifest.records, run_id=run_id,
-                                details={"source": label, "source_rows": len(rows), "tasks": list(cfg.tasks),
-                                         "modes": modes})
+                            template=tpl["id"], source=source, source_row=row.pos,
+                            parent_ids=parent_ids))
+        run.params.update(source=label, library=[str(LIBRARY), *cfg.library], options=options)
+        run.details.update(source=label, source_rows=len(rows), tasks=list(cfg.tasks), modes=modes)
+        return records
 
 
-def _jsonable(cfg: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return json.loads(json.dumps(asdict(cfg), default=str))

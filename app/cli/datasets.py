@@ -10,6 +10,7 @@ from rich.table import Table
 
 from assay.app.cli.common import JsonFlag, current_store, out, records_table, run_command
 from assay.core.audits import filter_version
+from assay.core.options import help_texts
 from assay.pipelines.demo import run_demo
 from assay.pipelines.exporter import ExportConfig, export_version
 from assay.pipelines.importer import ImportConfig, import_source, parse_mapping
@@ -26,12 +27,17 @@ def import_(path: Annotated[str, typer.Argument(help="file (.jsonl .json .csv .t
             fmt: Annotated[Optional[str], typer.Option(
                 "--format", help="override the format the extension implies")] = None,
             split: Annotated[Optional[str], typer.Option("--split", help="split of a Hugging Face dataset")] = None,
+            chunk_mb: Annotated[float, typer.Option(
+                "--chunk-mb", help=help_texts(ImportConfig)["chunk_mb"])] = ImportConfig.chunk_mb,
+            max_memory_mb: Annotated[float, typer.Option(
+                "--max-memory-mb", help=help_texts(ImportConfig)["max_memory_mb"])] = ImportConfig.max_memory_mb,
             as_json: JsonFlag = False) -> None:
     """Import a file or dataset as a new version."""
 
     def work():
         m = import_source(current_store(), path, name,
-                          ImportConfig(mapping=parse_mapping(map_), format=fmt, split=split),
+                          ImportConfig(mapping=parse_mapping(map_), format=fmt, split=split, chunk_mb=chunk_mb,
+                                       max_memory_mb=max_memory_mb),
                           show_progress=None if not as_json else False)
         return {**m.summary(), "mapping": m.params["mapping"]}
 

@@ -38,6 +38,15 @@ def test_map_option(cli, tmp_path):
     assert (rec["instruction"], rec["output"]) == ("Why?", "Because.")
 
 
+def test_import_memory_options(cli, tmp_path):
+    src = write_jsonl(tmp_path / "big.jsonl", ROWS)
+    proc = cli("import", str(src), "--name", "m", "--chunk-mb", "32", "--max-memory-mb", "50", check=False)
+    assert proc.returncode == 1 and "over max_memory_mb=50; lower chunk_mb" in proc.stdout + proc.stderr
+    assert cli.json("versions")["versions"] == []
+    small = cli.json("import", str(src), "--name", "m", "--chunk-mb", "0.001")  # many batches, same records
+    assert small["records"] == 40
+
+
 def test_verify_fails_on_corruption(cli, tmp_path, workspace):
     cli.json("import", str(write_jsonl(tmp_path / "t.jsonl", ROWS)), "--name", "t")
     seg = next((workspace / "objects" / "segments").iterdir())

@@ -5,15 +5,29 @@ version recomputes nothing for the records it shares with an audited parent."""
 from __future__ import annotations
 
 import io
+import os
 import uuid
 from collections.abc import Callable
 
 import numpy as np
 import polars as pl
 
+from assay.core.errors import AssayError
+from assay.core.progress import progress
 from assay.core.store import Manifest, Store
 
+# Records computed (and saved) per step. Bounds a step's memory, and is what a killed audit loses at
+# most: the next run finds the finished chunks in the cache. ASSAY_AUDIT_CHUNK_ROWS overrides it.
 COMPUTE_CHUNK_ROWS = 50_000
+
+
+def compute_chunk_rows() -> int:
+    value = os.environ.get("ASSAY_AUDIT_CHUNK_ROWS", "")
+    if not value:
+        return COMPUTE_CHUNK_ROWS
+    if not value.isdigit() or int(value) < 1:
+        raise AssayError(f"ASSAY_AUDIT_CHUNK_ROWS must be a positive whole number of records, not {value!r}")
+    return int(value)
 
 # (segment digest, rows in the segment, the segment rows the part keeps) per part, in version order
 Layout = list[tuple[str, int, np.ndarray]]
@@ -43,6 +57,7 @@ class RecordCache:
 
     def __init__(self, store: Store, namespace: str, layout: Layout | None = None):
         self.store = store
+        self.namespace = namespace
         self.dir = store.path("cache", namespace)
         store.fs.makedirs(self.dir, exist_ok=True)
         self.layout = layout
@@ -100,10 +115,15 @@ class RecordCache:
         # times the size of the text, so a million records at once would need tens of GB; each
         # chunk is saved as it is done, so an interrupted audit keeps its work
         parts = [] if found is None else [found]
-        for start in range(0, missing.height, COMPUTE_CHUNK_ROWS):
-            computed = compute(missing.slice(start, COMPUTE_CHUNK_ROWS))
-            save(computed)
-            parts.append(computed)
+        step = compute_chunk_rows()
+        # the namespace is "<auditor>/<config hash>" (or "embeddings/<model>/<column>")
+        label = "computing " + self.namespace.split("/")[0]
+        with progress(label, total=missing.height, enabled=None if missing.height > step else False) as bar:
+            for start in range(0, missing.height, step):
+                computed = compute(missing.slice(start, step))
+                save(computed)
+                parts.append(computed)
+                bar.advance(computed.height)
         if parts:
             found = pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
         if missing.height == records.height and found["id"].equals(records["id"]):

@@ -6,6 +6,8 @@ and running a set of them over a version's records. Their results are kept by `a
 from __future__ import annotations
 
 import importlib
+import resource
+import time
 from typing import Any
 
 from assay.core.audits import save_audit
@@ -49,20 +51,32 @@ def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress:
     manifest = store.resolve(ref)
     if manifest.records == 0:
         raise AssayError(f"version {manifest.ref} ({manifest.id[:12]}) is empty: nothing to audit")
+    steps: dict[str, dict[str, float]] = {}
+    started = time.perf_counter()
     # only what the text views are built from: the provenance columns are not audited
     records = with_text(store.read(manifest, ["id", "instruction", "input", "output", "messages"]))
+    steps["read"] = _step(started)
     ctx = AuditContext(store, manifest.id, manifest)
     out: dict[str, Any] = {}
     store.fs.makedirs(store.path("audits", manifest.id), exist_ok=True)
     with progress(f"auditing {manifest.ref}", total=len(auditors), enabled=show_progress) as bar:
         for auditor in auditors:
+            started = time.perf_counter()
             result = auditor.run(records, ctx)
             _check_result(auditor, result, records.height)
             out[auditor.name] = save_audit(store, manifest, auditor=auditor.name, config_hash=auditor.config_hash(),
                                            config=auditor.config_dict(), columns=result.columns,
                                            summary=result.summary, details=result.details)
+            steps[auditor.name] = _step(started)
             bar.advance()
-    return {"version": manifest.id, "ref": manifest.ref, "records": manifest.records, "auditors": out}
+    return {"version": manifest.id, "ref": manifest.ref, "records": manifest.records, "auditors": out,
+            "steps": steps}
+
+
+def _step(started: float) -> dict[str, float]:
+    """A step's wall time, and the process's peak memory so far (what a user sizes a machine by)."""
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return {"seconds": round(time.perf_counter() - started, 3), "peak_rss_mb": round(peak_kb / 1024, 1)}
 
 
 def _check_result(auditor: Auditor, result: AuditResult, rows: int) -> None:

@@ -9,7 +9,15 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class _Silent:
@@ -24,12 +32,15 @@ class _JobReporter:
         from . import jobs
 
         self._inner, self._report, self._done = inner, jobs.report, 0
+        self._total, self._stage = total, description
         self._report(done=0, total=total, stage=description)
 
     def advance(self, n: int = 1) -> None:
         self._inner.advance(n)
         self._done += n
-        self._report(done=self._done)
+        # total and stage again: a bar inside another (an auditor's chunks inside the audit) has
+        # replaced them on the job while it ran
+        self._report(done=self._done, total=self._total, stage=self._stage)
 
 
 class _Bar:
@@ -50,7 +61,7 @@ def progress(description: str, total: int | None = None, enabled: bool | None = 
         yield _JobReporter(_Silent(), description, total) if in_job else _Silent()
         return
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn()]
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         shown = _Bar(bar, bar.add_task(description, total=total))
         yield _JobReporter(shown, description, total) if in_job else shown

@@ -34,9 +34,10 @@ CHUNK_ROWS = 65_536
 
 @dataclass
 class Batch:
-    """A slice of a source: `frame` is None when the slice does not read as one Polars frame."""
+    """A slice of a source. `frame()` parses it as one Polars frame, or gives None when it does not
+    read as one; it is a function so that the importer can parse several batches at once."""
 
-    frame: pl.DataFrame | None
+    frame: Callable[[], pl.DataFrame | None]
     first: int  # the 1-based line or row number of its first row
     rows: Callable[[], Iterator[tuple[int, Any]]]  # (line or row number, parsed row), for the row path
 
@@ -77,12 +78,13 @@ def _jsonl_batches(path: str, chunk_bytes: int) -> Iterator[Batch]:
 
 
 def _jsonl_batch(path: str, chunk: bytes, first: int, lines: int) -> Batch:
-    try:
-        frame = pl.read_ndjson(chunk, infer_schema_length=None)
+    def frame() -> pl.DataFrame | None:
+        try:
+            parsed = pl.read_ndjson(chunk, infer_schema_length=None)
+        except (pl.exceptions.PolarsError, UnicodeDecodeError, ValueError, OverflowError):
+            return None
         # a blank line is skipped by the reader, which would shift every later row's line number
-        frame = frame if frame.height == lines else None
-    except (pl.exceptions.PolarsError, UnicodeDecodeError, ValueError, OverflowError):
-        frame = None
+        return parsed if parsed.height == lines else None
 
     def rows() -> Iterator[tuple[int, Any]]:
         for i, raw in enumerate(chunk.split(b"\n")):
@@ -104,7 +106,7 @@ def _csv_batches(path: str, separator: str, chunk_rows: int) -> Iterator[Batch]:
         for frame in (pl.scan_csv(path, separator=separator, infer_schema=False)
                       .collect_batches(chunk_size=chunk_rows)):
             frame = frame.fill_null("")
-            yield Batch(frame, first, lambda f=frame, a=first: enumerate(f.iter_rows(named=True), a))
+            yield Batch(lambda f=frame: f, first, lambda f=frame, a=first: enumerate(f.iter_rows(named=True), a))
             first += frame.height
     except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
         raise BadInput(path, f"not a readable CSV file ({str(exc).splitlines()[0]})") from None
@@ -123,7 +125,7 @@ def _parquet_batches(path: str, chunk_rows: int) -> Iterator[Batch]:
             frame = pl.from_arrow(batch)
         except (pl.exceptions.PolarsError, TypeError, ValueError):
             frame = None
-        yield Batch(frame, first, lambda b=batch, a=first: enumerate(b.to_pylist(), a))
+        yield Batch(lambda f=frame: f, first, lambda b=batch, a=first: enumerate(b.to_pylist(), a))
         first += batch.num_rows
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,28 +246,47 @@ def import_source(store: Store, path: str, name: str, config: ImportConfig | Non
             yield from sample
             yield from source.rows
         parts = _row_batches(rest())
+    def record_rows(part: Batch) -> pa.Table:
+        frame = part.frame()
+        table = alpaca_table(frame, layout.fields, part.first, provenance_source) if frame is not None else None
+        if table is None:
+            batch = _Columns()
+            for pos, row in part.rows():
+                _normalise(row, pos, layout, source, batch, provenance_source)
+            table = batch.table()
+        return table
+
     writer = _BackgroundWriter(VersionWriter(store, name, "import", params))
+    # Batches are parsed PARSE_WORKERS at a time (Polars' reader and column work release the GIL) and
+    # written in file order, so the first bad line in the file is the one reported
+    parsing = ThreadPoolExecutor(max_workers=PARSE_WORKERS, thread_name_prefix="assay-import-parse")
+    in_flight: deque[Future] = deque()
     try:
         with progress(f"importing {Path(source.label).name}", enabled=show_progress) as bar:
-            for part in parts:
-                table = (alpaca_table(part.frame, layout.fields, part.first, provenance_source)
-                         if part.frame is not None else None)
-                if table is None:
-                    batch = _Columns()
-                    for pos, row in part.rows():
-                        _normalise(row, pos, layout, source, batch, provenance_source)
-                    table = batch.table()
+            def write_oldest() -> None:
+                table = in_flight.popleft().result()
                 writer.add(table)
                 bar.advance(table.num_rows)
                 _check_memory(config, path)
+
+            for part in parts:
+                in_flight.append(parsing.submit(record_rows, part))
+                if len(in_flight) >= PARSE_WORKERS:
+                    write_oldest()
+            while in_flight:
+                write_oldest()
         return writer.commit()
     finally:
+        parsing.shutdown(wait=True, cancel_futures=True)
         writer.close()
 
 
+# Batches parsed at once: two cores' worth (the machines Assay is sized for have few)
+PARSE_WORKERS = max(1, min(2, os.cpu_count() or 1))
 # Peak memory per byte of a JSON chunk: the bytes, the Polars frame and the Arrow table built from
-# it, and the segment being written meanwhile (measured: about 6x; bench/scale_bench.py)
-MEMORY_PER_CHUNK_BYTE = 8
+# it, times the batches in flight, and the segment being written meanwhile (measured at 32 MB
+# chunks: 700 MB peak for a 10M-record file; bench/store_bench.py)
+MEMORY_PER_CHUNK_BYTE = 4 * (PARSE_WORKERS + 1)
 
 
 def _check_memory(config: ImportConfig, path: str) -> None:
@@ -293,7 +313,7 @@ def _row_batches(rows: Iterator[tuple[int, Any]]) -> Iterator[Batch]:
         chunk = list(itertools.islice(rows, BATCH_ROWS))
         if not chunk:
             return
-        yield Batch(None, chunk[0][0], lambda c=chunk: iter(c))
+        yield Batch(lambda: None, chunk[0][0], lambda c=chunk: iter(c))
 
 
 class _BackgroundWriter:

@@ -13,6 +13,14 @@ An auditor is one class with a config dataclass (fields carry their help text) a
 Per-record work that depends only on a record's content (signatures, embeddings, n-gram hits,
 heuristic flags) goes through `ctx.cached(...)`, keyed by record id and the auditor's config, so
 auditing a child version recomputes nothing for the records it shares with an audited parent.
+
+A *streaming* auditor splits its work in two, and then never needs the whole version in memory:
+- `map(batch)`: a pure function of a batch of records (`id` and the text views `map_columns()`
+  names), one row of per-record results per record. The runner calls it segment by segment,
+  through the record cache, so a killed audit resumes from its finished chunks.
+- `reduce(mapped, rows, ctx)`: every row's results in version order -> the AuditResult. `rows`
+  reads the few texts a summary shows (examples), by position.
+`run` then is map-through-the-cache + reduce, so the same auditor also runs on an in-memory frame.
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import polars as pl
 
+from assay.core.records import RECORD_SCHEMA, with_text
 from assay.core.store import Manifest, Store
 
 from .cache import Layout, RecordCache, version_layout
@@ -38,21 +48,70 @@ class AuditResult:
     details: dict[str, pl.DataFrame] = field(default_factory=dict)
 
 
+class Rows(Protocol):
+    """The records a reduce step reads texts from, by version position."""
+
+    height: int
+
+    def at(self, positions: list[int] | np.ndarray, columns: list[str]) -> pl.DataFrame:
+        """The rows at `positions` (in that order): `columns` from the record fields and text views."""
+        ...
+
+
+@dataclass
+class FrameRows:
+    """Rows of a frame already in memory (the records `run` was given)."""
+
+    frame: pl.DataFrame
+
+    @property
+    def height(self) -> int:
+        return self.frame.height
+
+    def at(self, positions: list[int] | np.ndarray, columns: list[str]) -> pl.DataFrame:
+        return self.frame.select(columns)[list(map(int, positions))]
+
+
+@dataclass
+class VersionRows:
+    """Rows of a stored version, read by position (only the row groups that hold them)."""
+
+    store: Store
+    manifest: Manifest
+
+    @property
+    def height(self) -> int:
+        return self.manifest.records
+
+    def at(self, positions: list[int] | np.ndarray, columns: list[str]) -> pl.DataFrame:
+        if not len(positions):
+            return with_text(pl.from_arrow(RECORD_SCHEMA.empty_table())).select(columns)
+        return with_text(self.store.rows_at(self.manifest, np.asarray(positions, dtype=np.int64))).select(columns)
+
+
 @dataclass
 class AuditContext:
     store: Store
     version_id: str
     manifest: Manifest | None = None
     _layout: Layout | None = field(default=None, repr=False)
+    # the record cache's hits and misses of each streaming auditor's map, filled by the runner
+    map_cache: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def layout(self) -> Layout | None:
         if self._layout is None and self.manifest is not None:
             self._layout = version_layout(self.store, self.manifest)
         return self._layout
 
-    def cached(self, auditor: "Auditor", namespace_extra: str = "") -> RecordCache:
+    def cached(self, auditor: "Auditor", namespace_extra: str = "", *, part: int | None = None,
+               known_ids: pl.Series | None = None) -> RecordCache:
+        """The auditor's record cache; `part`: for the rows of one part of the version only, and
+        `known_ids`: the ids cached before the audit began (see RecordCache)."""
         key = auditor.config_hash() + (f"-{namespace_extra}" if namespace_extra else "")
-        return RecordCache(self.store, f"{auditor.name}/{key}", self.layout())
+        layout = self.layout()
+        if part is not None and layout is not None:
+            layout = [layout[part]]
+        return RecordCache(self.store, f"{auditor.name}/{key}", layout, known_ids)
 
 
 class Auditor(ABC):
@@ -72,6 +131,32 @@ class Auditor(ABC):
                           sort_keys=True, default=str)
         return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
 
-    @abstractmethod
+    def validate(self) -> None:  # noqa: B027 (optional hook)
+        """Raise AssayError for a config that cannot work, before any record is read."""
+
+    # ---- streaming auditors: map + reduce ------------------------------------------------------
+    @property
+    def streaming(self) -> bool:
+        return type(self).map is not Auditor.map
+
+    def map_columns(self) -> list[str]:
+        """The text views or record fields (besides `id`) that `map` reads."""
+        return []
+
+    def map(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Per-record results of a batch: `id`, then result columns; one row per batch row."""
+        raise NotImplementedError
+
+    def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:
+        """Every row's `map` results (version order, without `id`) -> the audit."""
+        raise NotImplementedError
+
     def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
         """Score `records` (the version's rows, in order) and summarise them."""
+        if not self.streaming:
+            raise NotImplementedError(f"{self.name}: implement run, or map and reduce")
+        self.validate()
+        cache = ctx.cached(self)
+        mapped = cache.get_or_compute(records.select("id", *self.map_columns()), self.map)
+        ctx.map_cache[self.name] = {"hits": cache.hits, "misses": cache.misses}
+        return self.reduce(mapped.drop("id"), FrameRows(records), ctx)

@@ -55,12 +55,17 @@ class RecordCache:
       a version (`layout` None).
     """
 
-    def __init__(self, store: Store, namespace: str, layout: Layout | None = None):
+    def __init__(self, store: Store, namespace: str, layout: Layout | None = None,
+                 known_ids: pl.Series | None = None):
         self.store = store
         self.namespace = namespace
         self.dir = store.path("cache", namespace)
         store.fs.makedirs(self.dir, exist_ok=True)
         self.layout = layout
+        # every id cached when the audit began (`cached_ids`), when the caller read them once: an id
+        # not among them is not looked up in every chunk, which would make a cold audit that runs
+        # part by part read the chunks of all earlier parts again for each part
+        self.known_ids = known_ids
         self.hits = 0
         self.misses = 0
 
@@ -70,7 +75,19 @@ class RecordCache:
     def _segment_dir(self, segment: str) -> str:
         return f"{self.dir}/seg/{segment}"
 
+    def cached_ids(self) -> pl.Series:
+        """Every record id this cache holds results for (reads only the id column of each chunk)."""
+        chunks = self._chunks()
+        if not chunks:
+            return pl.Series("id", [], dtype=pl.String)
+        scans = [pl.scan_parquet(self.store.open_for_read(c)).select("id") for c in chunks]
+        return pl.concat(scans).unique().collect()["id"]
+
     def lookup(self, ids: pl.Series) -> pl.DataFrame | None:
+        if self.known_ids is not None:
+            ids = ids.filter(ids.is_in(self.known_ids.implode()))
+            if ids.is_empty():
+                return None
         chunks = self._chunks()
         if not chunks:
             return None

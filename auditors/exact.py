@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from .base import AuditContext, Auditor, AuditResult
+from assay.core.errors import AssayError
+
+from .base import AuditContext, Auditor, AuditResult, Rows
 
 
 @dataclass
@@ -38,24 +40,25 @@ class ExactDuplicates(Auditor):
     name = "exact"
     Config = ExactConfig
 
-    def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
+    def validate(self) -> None:
         cfg: ExactConfig = self.config
         if cfg.column not in ("text", "prompt", "response"):
-            from assay.core.errors import AssayError
             raise AssayError(f"exact: column must be text, prompt or response, not {cfg.column!r}")
+
+    def map_columns(self) -> list[str]:
+        return [self.config.column]
+
+    def map(self, batch: pl.DataFrame) -> pl.DataFrame:
         # the normalised text's digest is per-record content work: cached by record id, so a
         # filtered child only groups
-        def digest(missing: pl.DataFrame) -> pl.DataFrame:
-            norm = missing.select(normalise(pl.col(cfg.column), cfg))[:, 0].to_list()
-            return pl.DataFrame({"id": missing["id"],
-                                 "key": [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in norm],
-                                 "empty": [t == "" for t in norm]})
+        norm = batch.select(normalise(pl.col(self.config.column), self.config))[:, 0].to_list()
+        return pl.DataFrame({"id": batch["id"],
+                             "key": [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in norm],
+                             "empty": [t == "" for t in norm]})
 
-        cached = ctx.cached(self).get_or_compute(records.select("id", cfg.column), digest)
-        keyed = records.select(pl.col(cfg.column).alias("raw")).with_columns(
-            norm=cached["key"], empty=cached["empty"]).with_row_index("pos")
+    def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:
         # the representative is the first row (in version order) with the same normalised text
-        keyed = keyed.with_columns(
+        keyed = mapped.select(norm="key", empty="empty").with_row_index("pos").with_columns(
             cluster=pl.col("pos").min().over("norm"),
             size=pl.len().over("norm"),
         )
@@ -65,16 +68,17 @@ class ExactDuplicates(Auditor):
             exact_cluster_size=pl.col("size").cast(pl.Int64),
             exact_empty=pl.col("empty"),
         )
-        groups = keyed.filter(pl.col("size") > 1).group_by("cluster").agg(
-            size=pl.len(), example=pl.col("raw").first()).sort(["size", "cluster"], descending=[True, False])
+        groups = keyed.filter(pl.col("size") > 1).group_by("cluster").agg(size=pl.len()).sort(
+            ["size", "cluster"], descending=[True, False]).head(5)
+        examples = rows.at(groups["cluster"].to_numpy(), [self.config.column])[:, 0].to_list()
         dup = int(columns["exact_duplicate"].sum())
         summary = {
             "duplicate_records": dup,
-            "duplicate_rate": dup / records.height,
-            "clusters_with_duplicates": groups.height,
-            "largest_cluster": int(groups["size"].max() or 1) if groups.height else 1,
+            "duplicate_rate": dup / mapped.height,
+            "clusters_with_duplicates": int(keyed.filter(pl.col("size") > 1)["cluster"].n_unique()),
+            "largest_cluster": int(keyed["size"].max() or 1),
             "empty_text_records": int(columns["exact_empty"].sum()),
-            "examples": [{"cluster": int(r["cluster"]), "size": int(r["size"]), "text": r["example"][:300]}
-                         for r in groups.head(5).iter_rows(named=True)],
+            "examples": [{"cluster": int(r["cluster"]), "size": int(r["size"]), "text": text[:300]}
+                         for r, text in zip(groups.iter_rows(named=True), examples)],
         }
         return AuditResult(columns=columns, summary=summary)

@@ -60,7 +60,7 @@ import polars as pl
 
 from assay.core.errors import AssayError
 
-from .base import AuditContext, Auditor, AuditResult
+from .base import AuditContext, Auditor, AuditResult, Rows
 
 FLAGS = ("empty_output", "short_output", "output_in_instruction", "refusal", "truncated", "repetitive",
          "non_english")
@@ -433,7 +433,7 @@ class Quality(Auditor):
     Config = QualityConfig
     revision = 2  # 2: the per-record cache also holds the openers
 
-    def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
+    def validate(self) -> None:
         cfg: QualityConfig = self.config
         if cfg.language_column not in ("response", "prompt", "text"):
             raise AssayError(f"quality: language_column must be response, prompt or text, not {cfg.language_column!r}")
@@ -445,12 +445,20 @@ class Quality(Auditor):
                 pl.select(pl.lit("").str.contains("(?i)" + pattern))
             except pl.exceptions.PolarsError as exc:
                 raise AssayError(f"quality: invalid refusal pattern {pattern!r}: {exc}") from None
-        cache = ctx.cached(self)
-        flags = cache.get_or_compute(records.select("id", "prompt", "response"), lambda f: record_flags(f, cfg))
-        style, common, top_openers = style_homogeneity(records, cfg, flags.select(OPENER_COLUMNS),
-                                                       int(flags["quality_empty_output"].sum()))
-        columns = flags.drop("id", *OPENER_COLUMNS).with_columns(common)
-        total = records.height
+
+    def map_columns(self) -> list[str]:
+        return ["prompt", "response"]
+
+    def map(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return record_flags(batch, self.config)
+
+    def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:
+        cfg: QualityConfig = self.config
+        # the openers come from the per-record results, so only the row count is read from `mapped`
+        style, common, top_openers = style_homogeneity(mapped, cfg, mapped.select(OPENER_COLUMNS),
+                                                       int(mapped["quality_empty_output"].sum()))
+        columns = mapped.drop(*OPENER_COLUMNS).with_columns(common)
+        total = mapped.height
         summary: dict[str, Any] = {
             "records": total,
             "flagged_records": int(columns["quality_flagged"].sum()),
@@ -459,19 +467,20 @@ class Quality(Auditor):
                           "rate": float(columns[f"quality_{f}"].sum()) / total if total else 0.0} for f in FLAGS},
             "mean_repetition": float(columns["quality_repetition"].mean() or 0.0),
             "style": style,
-            "examples": self._examples(records, columns, cfg.examples),
-            "cache": {"hits": cache.hits, "misses": cache.misses},
+            "examples": self._examples(rows, columns, cfg.examples),
+            "cache": ctx.map_cache.get(self.name, {"hits": 0, "misses": 0}),
         }
         return AuditResult(columns=columns, summary=summary, details={"openers": top_openers})
 
     @staticmethod
-    def _examples(records: pl.DataFrame, columns: pl.DataFrame, k: int) -> dict[str, list[dict[str, Any]]]:
-        view = pl.concat([records.select("prompt", "response"), columns], how="horizontal").with_row_index("pos")
+    def _examples(rows: Rows, columns: pl.DataFrame, k: int) -> dict[str, list[dict[str, Any]]]:
+        flagged = columns.select([f"quality_{f}" for f in (*FLAGS, "common_opener")]).with_row_index("pos")
         out = {}
         for f in (*FLAGS, "common_opener"):
-            rows = view.filter(pl.col(f"quality_{f}")).head(k)
-            out[f] = [{"pos": int(r["pos"]), "prompt": _clip(r["prompt"], 160), "response": _clip(r["response"], 240)}
-                      for r in rows.iter_rows(named=True)]
+            positions = flagged.filter(pl.col(f"quality_{f}")).head(k)["pos"].to_numpy()
+            texts = rows.at(positions, ["prompt", "response"])
+            out[f] = [{"pos": int(pos), "prompt": _clip(r["prompt"], 160), "response": _clip(r["response"], 240)}
+                      for pos, r in zip(positions, texts.iter_rows(named=True))]
         return out
 
 

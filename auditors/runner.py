@@ -10,13 +10,15 @@ import resource
 import time
 from typing import Any
 
+import polars as pl
+
 from assay.core.audits import save_audit
 from assay.core.errors import AssayError
 from assay.core.progress import progress
 from assay.core.records import with_text
 from assay.core.store import Store
 
-from .base import AuditContext, Auditor, AuditResult
+from .base import AuditContext, Auditor, AuditResult, VersionRows
 
 # name -> "module:Class"; each auditor is one file under auditors/
 REGISTRY: dict[str, str] = {
@@ -47,30 +49,75 @@ def make_auditor(name: str, options: dict[str, Any] | None = None) -> Auditor:
 
 
 def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress: bool | None = None) -> dict[str, Any]:
-    """Run `auditors` on version `ref`, store their results and return {"version", "auditors": {name: summary}}."""
+    """Run `auditors` on version `ref`, store their results and return {"version", "auditors": {name: summary}}.
+
+    Streaming auditors (map + reduce) read the version segment by segment, so their memory is their
+    per-record results, not the records; the others get the whole version as one frame."""
     manifest = store.resolve(ref)
     if manifest.records == 0:
         raise AssayError(f"version {manifest.ref} ({manifest.id[:12]}) is empty: nothing to audit")
+    for auditor in auditors:
+        auditor.validate()
     steps: dict[str, dict[str, float]] = {}
-    started = time.perf_counter()
-    # only what the text views are built from: the provenance columns are not audited
-    records = with_text(store.read(manifest, ["id", "instruction", "input", "output", "messages"]))
-    steps["read"] = _step(started)
     ctx = AuditContext(store, manifest.id, manifest)
     out: dict[str, Any] = {}
     store.fs.makedirs(store.path("audits", manifest.id), exist_ok=True)
+
+    def save(auditor: Auditor, result: AuditResult) -> None:
+        _check_result(auditor, result, manifest.records)
+        out[auditor.name] = save_audit(store, manifest, auditor=auditor.name, config_hash=auditor.config_hash(),
+                                       config=auditor.config_dict(), columns=result.columns,
+                                       summary=result.summary, details=result.details)
+
+    streaming = [a for a in auditors if a.streaming]
+    whole = [a for a in auditors if not a.streaming]
     with progress(f"auditing {manifest.ref}", total=len(auditors), enabled=show_progress) as bar:
-        for auditor in auditors:
+        if streaming:
             started = time.perf_counter()
-            result = auditor.run(records, ctx)
-            _check_result(auditor, result, records.height)
-            out[auditor.name] = save_audit(store, manifest, auditor=auditor.name, config_hash=auditor.config_hash(),
-                                           config=auditor.config_dict(), columns=result.columns,
-                                           summary=result.summary, details=result.details)
-            steps[auditor.name] = _step(started)
-            bar.advance()
-    return {"version": manifest.id, "ref": manifest.ref, "records": manifest.records, "auditors": out,
-            "steps": steps}
+            mapped = _map_by_part(store, manifest, streaming, ctx, show_progress)
+            steps["map"] = _step(started)
+            for auditor in streaming:
+                started = time.perf_counter()
+                save(auditor, auditor.reduce(mapped.pop(auditor.name), VersionRows(store, manifest), ctx))
+                steps[auditor.name] = _step(started)
+                bar.advance()
+        if whole:
+            started = time.perf_counter()
+            # only what the text views are built from: the provenance columns are not audited
+            records = with_text(store.read(manifest, list(READ_COLUMNS)))
+            steps["read"] = _step(started)
+            for auditor in whole:
+                started = time.perf_counter()
+                save(auditor, auditor.run(records, ctx))
+                steps[auditor.name] = _step(started)
+                bar.advance()
+    return {"version": manifest.id, "ref": manifest.ref, "records": manifest.records,
+            "auditors": {a.name: out[a.name] for a in auditors}, "steps": steps}
+
+
+READ_COLUMNS = ("id", "instruction", "input", "output", "messages")
+
+
+def _map_by_part(store: Store, manifest, auditors: list[Auditor], ctx: AuditContext,
+                 show_progress: bool | None) -> dict[str, pl.DataFrame]:
+    """Each streaming auditor's per-record results for every row, in version order: the version read
+    one part (segment) at a time, each part's rows mapped through the record cache."""
+    results: dict[str, list[pl.DataFrame]] = {a.name: [] for a in auditors}
+    caches = {a.name: {"hits": 0, "misses": 0} for a in auditors}
+    known = {a.name: ctx.cached(a).cached_ids() for a in auditors}
+    with progress(f"reading {manifest.ref}", total=manifest.records, enabled=show_progress) as bar:
+        for k, part in enumerate(manifest.parts):
+            records = with_text(store.read_part(part, list(READ_COLUMNS)))
+            for auditor in auditors:
+                cache = ctx.cached(auditor, part=k, known_ids=known[auditor.name])
+                mapped = cache.get_or_compute(records.select("id", *auditor.map_columns()), auditor.map)
+                results[auditor.name].append(mapped.drop("id"))
+                caches[auditor.name]["hits"] += cache.hits
+                caches[auditor.name]["misses"] += cache.misses
+            bar.advance(records.height)
+    ctx.map_cache.update(caches)
+    return {name: pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+            for name, frames in results.items()}
 
 
 def _step(started: float) -> dict[str, float]:

@@ -269,24 +269,18 @@ def test_style_homogeneity_reports_a_template_opener(store, shared_data):
 
 
 def test_child_version_recomputes_nothing_for_shared_records(store, shared_data, tmp_path, monkeypatch):
-    caches = []
-    original = AuditContext.cached
+    def cache_use(ref) -> tuple[int, int]:
+        got = run_audit(store, ref, [Quality()])["auditors"]["quality"]["cache"]
+        return got["hits"], got["misses"]
 
-    def spy(self, auditor, namespace_extra=""):
-        caches.append(original(self, auditor, namespace_extra))
-        return caches[-1]
-
-    monkeypatch.setattr(AuditContext, "cached", spy)
     rows = seed_rows(shared_data)
     parent = import_source(store, str(write_jsonl(tmp_path / "s.jsonl", rows)), "seed")
-    run_audit(store, parent.id, [Quality()])
     unique = store.ids(parent).n_unique()
-    assert (caches[-1].hits, caches[-1].misses) == (0, unique)
+    assert cache_use(parent.id) == (0, unique)
 
     child = store.filter(parent.id, "source_row <= 100", "seed")
     first = audit_columns(store, parent).head(child.records).drop("_pos")
-    run_audit(store, child.id, [Quality()])
-    assert (caches[-1].hits, caches[-1].misses) == (store.ids(child).n_unique(), 0)
+    assert cache_use(child.id) == (store.ids(child).n_unique(), 0)
     assert audit_columns(store, child).drop("_pos").drop("quality_common_opener").equals(
         first.drop("quality_common_opener"))
 
@@ -295,9 +289,9 @@ def test_child_version_recomputes_nothing_for_shared_records(store, shared_data,
     mixed = import_source(store, str(write_jsonl(tmp_path / "m.jsonl", [
         {"instruction": r["instruction"], "input": r["instances"][0]["input"], "output": r["instances"][0]["output"]}
         for r in rows[:20]] + extra)), "mixed")
-    run_audit(store, mixed.id, [Quality()])
-    assert caches[-1].misses == 3 and caches[-1].hits == store.ids(mixed).n_unique() - 3
+    hits, misses = cache_use(mixed.id)
+    assert misses == 3 and hits == store.ids(mixed).n_unique() - 3
 
     # another configuration is another cache
-    run_audit(store, child.id, [Quality(dataclasses.replace(QualityConfig(), short_min_words=3))])
-    assert caches[-1].hits == 0
+    other = run_audit(store, child.id, [Quality(dataclasses.replace(QualityConfig(), short_min_words=3))])
+    assert other["auditors"]["quality"]["cache"]["hits"] == 0

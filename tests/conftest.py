@@ -6,10 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import Cli
+from helpers import SHARED_DATA, Cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session", autouse=True)

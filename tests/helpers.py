@@ -6,12 +6,39 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
+
+# ../shared/data beside the checkout: the real data every test reads where it is, never copied
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def imported_version(store, name: str, rows: list[dict[str, Any]], config=None):
+    """A version of `rows` (objects as a JSON Lines file holds them) made by the real importer, for
+    tests where the file itself does not matter (its path, a temp file, is the records' source)."""
+    from assay.pipelines.importer import import_source
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return import_source(store, str(write_jsonl(Path(tmp) / f"{name}.jsonl", rows)), name, config)
+
+
+def written_version(store, name: str, rows: list[dict[str, Any]], params: dict[str, Any] | None = None,
+                    **writer_options):
+    """A version of `rows` (Records, or dicts of Record fields: instruction, output, metadata, ...)
+    written straight by the store's VersionWriter: for the core tests, which must not depend on the
+    importer."""
+    from assay.core.records import Record, rows_to_table
+    from assay.core.store import VersionWriter
+
+    with VersionWriter(store, name, "import", dict(params or {}), **writer_options) as writer:
+        writer.add_table(rows_to_table([(Record(**row) if isinstance(row, dict) else row).to_row() for row in rows]))
+    return writer.manifest
 
 
 class Cli:

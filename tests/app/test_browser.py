@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import re
 
-from helpers import write_jsonl
+from helpers import imported_version, write_jsonl
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from assay.core.store import Store
-from assay.pipelines.importer import import_source
 
 
 def _wait_app(page) -> None:
@@ -68,7 +67,7 @@ XSS = ["<img src=x onerror=window.__xss=1>", "<script>window.__xss=1</script>"]
 def test_xss_payload_in_a_record_is_shown_as_text(shared_app_server, page, tmp_path, shot):
     store = Store(shared_app_server.workspace)
     rows = [{"instruction": XSS[0], "input": XSS[1], "output": f"**bold** {XSS[0]} [link](javascript:alert(1))"}]
-    import_source(store, str(write_jsonl(tmp_path / "xss.jsonl", rows)), "z-xss")
+    imported_version(store, "z-xss", rows)
     page.goto(shared_app_server.url + "/review")
     _wait_app(page)
     page.get_by_text("1 of 1 records match").wait_for()

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import write_jsonl
+from helpers import imported_version, write_jsonl
 
 import assay.core.store as store_module
 from assay.app import query
@@ -102,7 +102,7 @@ def test_record_view_has_provenance_cluster_and_benchmark_evidence(store, tmp_pa
     problems = [json.loads(line) for line in gzip.open(humaneval_path(), "rt")][:3]
     rows = [{"instruction": p["prompt"], "output": p["canonical_solution"]} for p in problems]
     rows += [{"instruction": "Write a haiku about rain.", "output": "Soft rain on the roof"}] * 2
-    v = import_source(store, str(write_jsonl(tmp_path / "r.jsonl", rows)), "r")
+    v = imported_version(store, "r", rows)
     run_audit(store, v.id, [ExactDuplicates(),
                             Contamination(ContaminationConfig(benchmarks=["human-eval"], semantic=False))])
     rec = query.record(store, v, 0)

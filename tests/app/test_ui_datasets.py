@@ -7,12 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import run_page, write_jsonl
+from helpers import imported_version, run_page
 from streamlit.testing.v1 import AppTest
 
 from assay.core import jobs
 from assay.core.store import Store
-from assay.pipelines.importer import import_source
 
 UI = Path(__file__).resolve().parents[2] / "app" / "ui"
 
@@ -62,7 +61,7 @@ def test_demo_button_imports_and_starts_the_generator_jobs(ws):
 def test_versions_manifest_lineage_and_diff(ws, tmp_path):
     store = Store(ws)
     rows = [{"instruction": f"Say {i}", "output": "ok" if i % 2 else "a longer answer"} for i in range(12)]
-    v1 = import_source(store, str(write_jsonl(tmp_path / "d.jsonl", rows)), "words")
+    v1 = imported_version(store, "words", rows)
     v2 = store.filter(v1.id, "length(output) < 5", "words")
     at = run("page_datasets.py")
     assert at.selectbox(key="datasets_dataset").value == "words"

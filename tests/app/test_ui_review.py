@@ -6,13 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import run_page, write_jsonl
+from helpers import imported_version, run_page
 from streamlit.testing.v1 import AppTest
 
 from assay.auditors.exact import ExactDuplicates
 from assay.auditors.runner import run_audit
 from assay.core.store import Store
-from assay.pipelines.importer import import_source
 
 UI = Path(__file__).resolve().parents[2] / "app" / "ui"
 
@@ -23,7 +22,7 @@ def version(app_workspace, tmp_path):
              "output": "x" * (10 + i)} for i in range(60)]
     rows += [rows[1], rows[2]]  # two exact duplicates, rows 60 and 61
     store = Store(app_workspace)
-    v = import_source(store, str(write_jsonl(tmp_path / "r.jsonl", rows)), "rev")
+    v = imported_version(store, "rev", rows)
     run_audit(store, v.id, [ExactDuplicates()])
     return store, v
 

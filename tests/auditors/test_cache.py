@@ -6,7 +6,7 @@ import random
 
 import polars as pl
 from auditor_helpers import codealpaca
-from helpers import write_jsonl
+from helpers import imported_version, write_jsonl
 from polars.testing import assert_frame_equal
 
 from assay.auditors.runner import make_auditor, run_audit
@@ -74,10 +74,10 @@ def test_filtered_child_reuses_everything_and_matches_a_cold_audit(tmp_path, sha
 def test_records_in_another_segment_are_found_by_id(tmp_path, shared_data):
     rows = codealpaca(shared_data, 600)
     store = Store(tmp_path / "ws")
-    a = import_source(store, str(write_jsonl(tmp_path / "a.jsonl", rows)), "a")
+    a = imported_version(store, "a", rows)
     audit(store, a.id)
     # the same records in another order: new segments, same record ids
-    b = import_source(store, str(write_jsonl(tmp_path / "b.jsonl", rows[::-1])), "b")
+    b = imported_version(store, "b", rows[::-1])
     assert {p.segment for p in b.parts}.isdisjoint({p.segment for p in a.parts})
     summary, cols = audit(store, b.id)
     assert summary["minhash"]["signatures_computed"] == 0 and summary["minhash"]["signatures_reused"] == 600

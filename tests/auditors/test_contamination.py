@@ -4,12 +4,11 @@ evidence names the right item, bad benchmark inputs fail clearly, and the fast n
 plain Python set-of-n-grams scan."""
 
 import json
-from pathlib import Path
 
 import polars as pl
 import pytest
 from auditor_helpers import codealpaca, gsm8k, human_eval
-from helpers import write_jsonl
+from helpers import SHARED_DATA, imported_version, write_jsonl
 from ngram_oracle import plain_tokens
 
 from assay.auditors.benchmarks import load_benchmark, load_benchmarks
@@ -130,9 +129,8 @@ def semantic_audit(tmp_path_factory, shared_data_module):
 
 @pytest.fixture(scope="module")
 def shared_data_module():
-    path = Path(__file__).resolve().parents[3] / "shared" / "data"  # as conftest's shared_data, module-wide
-    assert path.is_dir(), f"test data missing: expected {path}"
-    return path
+    assert SHARED_DATA.is_dir(), f"test data missing: expected {SHARED_DATA}"  # as shared_data, module-wide
+    return SHARED_DATA
 
 
 def test_rephrased_items_are_found_by_the_embedding_tier(semantic_audit):
@@ -319,7 +317,7 @@ def test_llm_judge_flags_what_the_judge_calls_the_same(store, tmp_path):
          "output": "s[::-1]"},
         {"instruction": "Name three primary colours.", "output": "Red, yellow and blue."},
     ]
-    version = import_source(store, str(write_jsonl(tmp_path / "d.jsonl", rows)), "d")
+    version = imported_version(store, "d", rows)
     with FaultServer(seed=0, fault_rate=0.0) as srv:
         config = {"benchmarks": [str(bench)], "column": "prompt", "threshold": 0.99, "judge_min_similarity": 0.6,
                   "llm_judge": True, "judge_base_url": srv.base_url, "judge_model": srv.model}

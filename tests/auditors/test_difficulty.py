@@ -4,13 +4,12 @@ through `assay audit`'s runner with the record cache, and bad options are clear 
 
 import pytest
 from auditor_helpers import codealpaca
-from helpers import write_jsonl
+from helpers import imported_version
 
 from assay.auditors.difficulty import Difficulty, DifficultyConfig
 from assay.auditors.runner import REGISTRY, make_auditor, run_audit
 from assay.core.audits import audit_columns, filter_version
 from assay.core.errors import AssayError
-from assay.pipelines.importer import import_source
 
 
 def short_codealpaca(shared_data, n: int) -> list[dict]:
@@ -24,7 +23,7 @@ def test_smollm2_finds_a_response_easier_after_its_own_instruction(store, shared
     # the same responses after another record's instruction: a misaligned pair
     swapped = [{**r, "instruction": matched[(k + 1) % 4]["instruction"], "input": matched[(k + 1) % 4]["input"]}
                for k, r in enumerate(matched)]
-    version = import_source(store, str(write_jsonl(tmp_path / "d.jsonl", matched + swapped)), "d")
+    version = imported_version(store, "d", matched + swapped)
     summary = run_audit(store, version.id, [make_auditor("difficulty")])["auditors"]["difficulty"]
     cols = audit_columns(store, version)
     ifd = cols["difficulty_ifd"].to_list()
@@ -42,7 +41,7 @@ def test_smollm2_finds_a_response_easier_after_its_own_instruction(store, shared
 def test_runner_cache_and_unscorable_records(store, shared_data, tmp_path):
     assert "difficulty" in REGISTRY
     rows = short_codealpaca(shared_data, 5) + [{"instruction": "Say nothing at all.", "input": "", "output": ""}]
-    version = import_source(store, str(write_jsonl(tmp_path / "t.jsonl", rows)), "t")
+    version = imported_version(store, "t", rows)
     options = {"model": "tiny-llama", "batch_size": 4}
     first = run_audit(store, version.id, [make_auditor("difficulty", options)])["auditors"]["difficulty"]
     assert first["scores_computed"] == 6 and first["scores_reused"] == 0
@@ -85,6 +84,6 @@ def test_bad_config_is_a_clear_error(options, message):
 
 
 def test_an_unknown_model_is_a_clear_error(store, tmp_path):
-    version = import_source(store, str(write_jsonl(tmp_path / "m.jsonl", [{"instruction": "a", "output": "b"}])), "m")
+    version = imported_version(store, "m", [{"instruction": "a", "output": "b"}])
     with pytest.raises(AssayError, match="cannot load model"):
         run_audit(store, version.id, [make_auditor("difficulty", {"model": str(tmp_path / "no-such-model")})])

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 from auditor_helpers import seed_tasks
-from helpers import write_jsonl
+from helpers import imported_version, write_jsonl
 
 from assay.auditors.base import AuditContext
 from assay.auditors.diversity import (
@@ -114,8 +114,8 @@ def _near_copies(n: int) -> list[dict]:
 
 def test_a_varied_set_is_more_diverse_than_near_copies(seeded, tmp_path):
     store = seeded["store"]
-    varied = import_source(store, str(write_jsonl(tmp_path / "v.jsonl", seeded["rows"][:40])), "varied")
-    copies = import_source(store, str(write_jsonl(tmp_path / "c.jsonl", _near_copies(40))), "copies")
+    varied = imported_version(store, "varied", seeded["rows"][:40])
+    copies = imported_version(store, "copies", _near_copies(40))
     config = DiversityConfig(column="prompt", clusters=4)
     v = run_audit(store, varied.id, [Diversity(config)])["auditors"]["diversity"]
     c = run_audit(store, copies.id, [Diversity(config)])["auditors"]["diversity"]

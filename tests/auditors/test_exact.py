@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from helpers import write_jsonl
+from helpers import imported_version, write_jsonl
 
 from assay.auditors.exact import ExactConfig, ExactDuplicates
 from assay.auditors.runner import run_audit
@@ -14,7 +14,7 @@ def test_planted_duplicates_in_real_data_are_found(store, shared_data, tmp_path)
     planted = [dict(rows[3]), dict(rows[10]), dict(rows[10])]
     planted[0]["question"] = "  " + rows[3]["question"].upper() + " "  # case and whitespace
     planted[1]["question"] = rows[10]["question"].replace(".", " .").replace("?", "")  # punctuation
-    version = import_source(store, str(write_jsonl(tmp_path / "g.jsonl", rows + planted)), "g")
+    version = imported_version(store, "g", rows + planted)
     result = run_audit(store, version.id, [ExactDuplicates()])
     summary = result["auditors"]["exact"]
     assert summary["duplicate_records"] == 3

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from auditor_helpers import WORD_RE as WORD
 from auditor_helpers import codealpaca, datasketch_labels, jaccard, ref_shingles
-from helpers import write_jsonl
+from helpers import imported_version, write_jsonl
 
 from assay.auditors.minhash import MinHashConfig, MinHashDuplicates
 from assay.auditors.runner import make_auditor, run_audit
@@ -102,7 +102,7 @@ def test_calibration_pairs_carry_the_true_jaccard(store, shared_data, tmp_path):
     rows = [{"instruction": q, "input": "", "output": ""} for q in long_q[3:]]
     for a, b in pairs:
         rows += [{"instruction": a, "input": "", "output": ""}, {"instruction": b, "input": "", "output": ""}]
-    version = import_source(store, str(write_jsonl(tmp_path / "q.jsonl", rows)), "q")
+    version = imported_version(store, "q", rows)
     run_audit(store, version.id, [MinHashDuplicates()])
     cal = audit_detail(store, version, "minhash", "calibration")
     assert cal.height and cal["estimated_jaccard"].is_between(0.65 - 1e-9, 0.95 + 1e-9).all()

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from helpers import write_jsonl
+from helpers import imported_version
 
 from assay.auditors.minhash import MinHashConfig, MinHashDuplicates
 from assay.auditors.runner import run_audit
 from assay.core.audits import audit_columns
-from assay.pipelines.importer import import_source
 
 
 def test_texts_without_shingles_are_never_clustered(store, tmp_path):
     rows = [{"instruction": "", "output": ""}, {"instruction": "!!!", "output": "?"}, {"instruction": "", "output": ""},
             {"instruction": "Name three primary colours.", "output": "Red, yellow and blue."},
             {"instruction": "name three primary colours", "output": "red yellow and blue"}]
-    version = import_source(store, str(write_jsonl(tmp_path / "e.jsonl", rows)), "e")
+    version = imported_version(store, "e", rows)
     summary = run_audit(store, version.id, [MinHashDuplicates()])["auditors"]["minhash"]
     cols = audit_columns(store, version)
     assert cols["minhash_no_shingles"].to_list() == [True, True, True, False, False]
@@ -28,6 +27,6 @@ def test_char_shingles_find_near_copies_in_unspaced_text(store, tmp_path):
             "深度学习是机器学习的一个子领域。")
     rows = [{"instruction": base, "output": ""}, {"instruction": base.replace("不断", "持续"), "output": ""},
             {"instruction": "今天天气很好，我们去公园散步吧，顺便买一些水果和面包回家。", "output": ""}]
-    version = import_source(store, str(write_jsonl(tmp_path / "z.jsonl", rows)), "z")
+    version = imported_version(store, "z", rows)
     run_audit(store, version.id, [MinHashDuplicates(MinHashConfig(shingle="char", ngram=3, threshold=0.7))])
     assert audit_columns(store, version)["minhash_duplicate"].to_list() == [False, True, False]

@@ -3,7 +3,7 @@ import json
 
 import polars as pl
 import pytest
-from helpers import write_jsonl
+from helpers import imported_version
 
 from assay.auditors.base import AuditContext
 from assay.auditors.quality import FLAGS, Quality, QualityConfig
@@ -206,7 +206,7 @@ def test_clean_real_data_flag_rate(store, shared_data):
 
 def test_planted_bad_records_are_exactly_the_new_flags(store, shared_data, tmp_path):
     rows = seed_rows(shared_data)
-    clean = import_source(store, str(write_jsonl(tmp_path / "clean.jsonl", rows)), "seed")
+    clean = imported_version(store, "seed", rows)
     run_audit(store, clean.id, [Quality()])
     before = audit_columns(store, clean)
     baseline = set(before.filter(pl.col("quality_flagged"))["_pos"].to_list())
@@ -230,7 +230,7 @@ def test_planted_bad_records_are_exactly_the_new_flags(store, shared_data, tmp_p
                                "3. 保证充足的睡眠。"),
         "repetitive": task(4, "\n".join([first_sentence] * 8)),
     }
-    version = import_source(store, str(write_jsonl(tmp_path / "planted.jsonl", rows + list(planted.values()))), "seed")
+    version = imported_version(store, "seed", rows + list(planted.values()))
     summary = run_audit(store, version.id, [Quality()])["auditors"]["quality"]
     cols = audit_columns(store, version)
     flagged = cols.filter(pl.col("quality_flagged"))
@@ -274,7 +274,7 @@ def test_child_version_recomputes_nothing_for_shared_records(store, shared_data,
         return got["hits"], got["misses"]
 
     rows = seed_rows(shared_data)
-    parent = import_source(store, str(write_jsonl(tmp_path / "s.jsonl", rows)), "seed")
+    parent = imported_version(store, "seed", rows)
     unique = store.ids(parent).n_unique()
     assert cache_use(parent.id) == (0, unique)
 
@@ -286,9 +286,9 @@ def test_child_version_recomputes_nothing_for_shared_records(store, shared_data,
 
     # a new version with three new records computes exactly those three
     extra = [{"instruction": f"Name a colour ({i}).", "output": f"Colour number {i} is blue."} for i in range(3)]
-    mixed = import_source(store, str(write_jsonl(tmp_path / "m.jsonl", [
+    mixed = imported_version(store, "mixed", [
         {"instruction": r["instruction"], "input": r["instances"][0]["input"], "output": r["instances"][0]["output"]}
-        for r in rows[:20]] + extra)), "mixed")
+        for r in rows[:20]] + extra)
     hits, misses = cache_use(mixed.id)
     assert misses == 3 and hits == store.ids(mixed).n_unique() - 3
 

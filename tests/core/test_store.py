@@ -3,6 +3,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from helpers import written_version
 
 from assay.core import store as store_mod
 from assay.core.errors import AssayError, UnknownVersion
@@ -11,13 +12,9 @@ from assay.core.store import VersionWriter
 
 
 def make_version(store, name, n, start=0, **kw):
-    rows = [Record(instruction=f"task {i}", output="x" * (i % 7), metadata={"i": i}).to_row()
+    rows = [{"instruction": f"task {i}", "output": "x" * (i % 7), "metadata": {"i": i}}
             for i in range(start, start + n)]
-    from assay.core.records import rows_to_table
-
-    with VersionWriter(store, name, "import", {"synthetic": n}, **kw) as w:
-        w.add_table(rows_to_table(rows))
-    return w.manifest
+    return written_version(store, name, rows, {"synthetic": n}, **kw)
 
 
 def test_manifest_has_the_promised_fields(store):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fault_server import FaultServer
+from helpers import SHARED_DATA
 
 from assay.core.errors import AssayError
 from assay.core.llm import LLMConfig
@@ -18,7 +19,7 @@ from assay.core.llm.journal import list_llm_runs, run_failures, run_record
 from assay.pipelines.chain_of_task import CLS_TASKS, NER_TASKS
 from assay.pipelines.generate import generate, generator_options
 
-DOMAIN = Path(__file__).resolve().parents[3] / "shared" / "data" / "domain"
+DOMAIN = SHARED_DATA / "domain"
 NER = DOMAIN / "ecomgpt_EN-Lenovo-NER-NER.json"
 CLS = DOMAIN / "ecomgpt_EN-ABSA-CLS-review_topic_category.json"
 NER_LABELS = ["Attribute", "Brand", "Component", "Product"]

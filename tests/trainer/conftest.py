@@ -3,14 +3,13 @@ GGUF once, about 15 s, which itself tests the conversion)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import SHARED_DATA
 
 from assay.core.store import Store
 from assay.pipelines.importer import import_source
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from helpers import SHARED_DATA
 
 from assay.trainer.config import TrainConfig
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED = SHARED_DATA
 GSM8K = SHARED / "benchmarks" / "gsm8k_test.jsonl"
 REVIEWS = SHARED / "domain" / "ecomgpt_EN-ABSA-CLS-review_topic_category.json"
 

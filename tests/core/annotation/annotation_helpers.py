@@ -3,18 +3,16 @@ pythonpath lists this folder)."""
 
 from __future__ import annotations
 
+from helpers import written_version
+
 from assay.core import annotation as A
-from assay.core.records import Record, rows_to_table
-from assay.core.store import VersionWriter
 
 PASSWORD = "correct horse"
 
 
 def make_version(store, n: int, name: str = "t", extra_rows=()):
-    rows = [Record(instruction=f"task {i}", output=f"answer {i}", metadata={"k": i}).to_row() for i in range(n)]
-    with VersionWriter(store, name, "import", {}) as w:
-        w.add_table(rows_to_table(rows + list(extra_rows)))
-    return w.manifest
+    rows = [{"instruction": f"task {i}", "output": f"answer {i}", "metadata": {"k": i}} for i in range(n)]
+    return written_version(store, name, rows + list(extra_rows))
 
 
 def work_all(store, user, sid, label_of):

@@ -16,7 +16,7 @@ from assay.core.records import Record
 
 def test_agreement_conflicts_resolve_and_finalize(store, team, workspace):
     boss, ann1, ann2 = team
-    chat = Record(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]).to_row()
+    chat = Record(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
     source = make_version(store, 4, extra_rows=[chat])
     s = A.create_session(store, boss, "t", overlap=2, schema=A.LabelSchema(reasons=["wrong"], allow_edit=True))
     # record i: ann1 says accept, accept, reject, reject; ann2: accept, reject, reject, reject; both accept chat
@@ -29,7 +29,7 @@ def test_agreement_conflicts_resolve_and_finalize(store, team, workspace):
             reasons = ["wrong"] if label == "reject" else []
             A.decide(store, user, s.id, item.record_id, label, revision=item.revision, edit=edit, reasons=reasons)
     with pytest.raises(AssayError, match="chat record"):
-        A.decide(store, ann1, s.id, A.get_item(store, boss, s.id, chat["id"]).record_id, "accept", revision=0,
+        A.decide(store, ann1, s.id, A.get_item(store, boss, s.id, chat.id).record_id, "accept", revision=0,
                  edit={"output": "x"})
     agreement = A.agreement(store, boss, s.id)
     # labels: 4 of 5 agree; kappa by hand: po = 0.8, pe = 0.6*0.4 + 0.4*0.6 = 0.48, (0.8-0.48)/0.52
@@ -51,7 +51,7 @@ def test_agreement_conflicts_resolve_and_finalize(store, team, workspace):
     manifest = store.resolve("t")
     assert manifest.operation == "annotate" and manifest.params["session"] == s.id
     rows = store.read(manifest).to_dicts()
-    assert [r["id"] for r in rows[:1]] == [chat["id"]]  # kept as it was, by a selection over its segment
+    assert [r["id"] for r in rows[:1]] == [chat.id]  # kept as it was, by a selection over its segment
     edited = rows[1]
     assert (edited["instruction"], edited["output"]) == ("task 0", "answer 0, improved")
     assert edited["parent_ids"] == [conflicts[0]["record_id"]] and edited["generator"] == "annotation"

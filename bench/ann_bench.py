@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import write_json
 
 D = 384
@@ -166,7 +165,8 @@ def main() -> None:
           f"({figures['speedup']}x); recall@10 {recall:.4f} (hard set: {figures['recall_at_10_hard']:.4f})")
     print(f"embed search at 0.95: exact {ce['seconds']:.1f} s, approximate {ca['seconds']:.1f} s; planted "
           f"{ce['planted']} flagged {ce['planted_flagged']} / {ca['planted_flagged']}; all flagged "
-          f"{ce['duplicates_flagged']} / {ca['duplicates_flagged']}; labels equal {figures['clusters']['labels_equal']}")
+          f"{ce['duplicates_flagged']} / {ca['duplicates_flagged']}; "
+          f"labels equal {figures['clusters']['labels_equal']}")
     print(f"index {per_vector:.0f} B/vector -> {figures['estimate_10M_index_gb']} GB at 10M vectors "
           f"(+ one batch, ~{batch_mb:.0f} MB; + the caller's float32 vectors, 1,536 B each)")
     write_json(args.json_out, figures)

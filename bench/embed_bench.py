@@ -22,6 +22,15 @@ is kept in memory between steps and each step pays what a fresh `assay audit` wo
 4. diversity the diversity auditor on the version, reading the same cache.
 
 The headline ratio is cached / cold end-to-end records/s of the audit call.
+
+    python bench/embed_bench.py --backends --records 1000   # torch vs onnx, onnx-int8, openvino
+
+`--backends` instead compares the embedding backends on the same records, each in a fresh process
+with an empty cache for it: `embed` (encoding records/s, the model load and ONNX export apart), then
+contamination's semantic tier against HumanEval from the same cache. Printed per backend: records/s,
+the ratio to torch, the mean (and min) cosine of its vectors to torch float32, and the agreement of
+`embed_duplicate` and `contamination_semantic` decisions with torch's (share of records with the
+same flag, and the flagged counts).
 """
 
 from __future__ import annotations
@@ -94,7 +103,60 @@ def child_audit(ws: str, version: str, auditor: str, batch_size: int) -> dict:
     return out
 
 
-CHILD_TASKS = {"import": child_import, "audit": child_audit}
+def child_backend(ws: str, version: str, backend: str, batch_size: int, out: str) -> dict:
+    import numpy as np
+
+    from assay.auditors.base import AuditContext
+    from assay.auditors.embeddings import embed_records
+    from assay.auditors.runner import make_auditor, run_audit
+    from assay.core.audits import audit_columns
+    from assay.core.store import Store
+
+    store = Store(ws)
+    t0 = time.perf_counter()
+    result = run_audit(store, version, [make_auditor("embed", {"batch_size": batch_size, "backend": backend})],
+                       show_progress=False)
+    seconds = time.perf_counter() - t0
+    run_audit(store, version, [make_auditor("contamination", {"backend": backend})], show_progress=False)
+    records = store.read(version)
+    np.save(out, embed_records(AuditContext(store, version), records, "text", backend=backend))  # cache hits
+    cols = audit_columns(store, version)
+    np.save(out.replace(".npy", "-flags.npy"), np.stack([cols["embed_duplicate"].to_numpy(),
+                                                        cols["contamination_semantic"].to_numpy()]))
+    return {"embedding": result["auditors"]["embed"]["embedding"], "seconds": seconds, "peak_rss_mb": _rss_mb()}
+
+
+CHILD_TASKS = {"import": child_import, "audit": child_audit, "backend": child_backend}
+
+
+def compare_backends(args: argparse.Namespace, ws: Path, imp: dict, results: dict) -> None:
+    import numpy as np
+
+    rows = {}
+    for backend in args.backend_list.split(","):
+        out = str(ws.parent / f"{backend}.npy")
+        rows[backend] = run_child("backend", ws=str(ws), version=imp["version"], backend=backend,
+                                  batch_size=args.batch_size, out=out)
+        rows[backend]["vectors"], rows[backend]["flags"] = np.load(out), np.load(out.replace(".npy", "-flags.npy"))
+        e = rows[backend]["embedding"]
+        print(f"  {backend:10s} ({e['backend']}, {e['device']}, max_seq_length {e['max_seq_length']}): "
+              f"{e['records_per_s']:,.1f} records/s encoding, load/export {e['model_load_seconds']:.1f} s", flush=True)
+    ref = rows["torch"]
+    print(f"\n{'backend':14s} {'records/s':>10s} {'x torch':>8s} {'cos mean':>9s} {'cos min':>8s} "
+          f"{'embed dup agree':>16s} {'contam agree':>13s}")
+    for backend, row in rows.items():
+        cos = (row["vectors"] * ref["vectors"]).sum(axis=1)
+        agree = (row["flags"] == ref["flags"]).mean(axis=1)
+        flagged = row["flags"].sum(axis=1)
+        rate = row["embedding"]["records_per_s"]
+        summary = {"backend": row["embedding"]["backend"], "records_per_s": rate,
+                   "over_torch": rate / ref["embedding"]["records_per_s"], "cosine_mean": float(cos.mean()),
+                   "cosine_min": float(cos.min()), "embed_duplicate_agreement": float(agree[0]),
+                   "contamination_agreement": float(agree[1]), "embed_duplicates": int(flagged[0]),
+                   "contamination_flags": int(flagged[1]), "peak_rss_mb": row["peak_rss_mb"]}
+        results.setdefault("backends", {})[backend] = summary
+        print(f"{summary['backend']:14s} {rate:10,.1f} {summary['over_torch']:7.2f}x {cos.mean():9.5f} "
+              f"{cos.min():8.4f} {agree[0]:9.2%} ({flagged[0]:,}) {agree[1]:7.2%} ({flagged[1]:,})")
 
 
 def run_child(task: str, **kwargs) -> dict:
@@ -132,6 +194,13 @@ def main(args: argparse.Namespace) -> dict:
         n = imp["records"]
         results["records"] = n
         print(f"workdir {base}\n{n:,} records from {source.name}; child version keeps {imp['child_records']:,}")
+        if args.backends:
+            compare_backends(args, ws, imp, results)
+            results["load_average_end"] = os.getloadavg()
+            print(f"load average (1, 5, 15 min) at start {results['load_average_start']}, "
+                  f"at end {results['load_average_end']}")
+            write_json(args.json_out, results)
+            return results
 
         cold = run_child("audit", ws=str(ws), version=imp["version"], auditor="embed", batch_size=args.batch_size)
         assert cold["embedding"]["computed"] == cold["embedding"]["unique_records"], cold
@@ -189,6 +258,9 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
     parser.add_argument("--workdir", default=None, help="folder for the temporary workspace (default: system temp)")
     parser.add_argument("--json-out", default=None, help="also write the figures as JSON to this path")
+    parser.add_argument("--backends", action="store_true", help="compare the embedding backends instead")
+    parser.add_argument("--backend-list", default="torch,onnx,onnx-int8,openvino",
+                        help="backends compared by --backends (torch first: the reference)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one timed step
     args = parser.parse_args()

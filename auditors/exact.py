@@ -68,14 +68,14 @@ class ExactDuplicates(Auditor):
             exact_cluster_size=pl.col("size").cast(pl.Int64),
             exact_empty=pl.col("empty"),
         )
-        groups = keyed.filter(pl.col("size") > 1).group_by("cluster").agg(size=pl.len()).sort(
-            ["size", "cluster"], descending=[True, False]).head(5)
+        clusters = keyed.filter(pl.col("size") > 1).group_by("cluster").agg(size=pl.len())
+        groups = clusters.sort(["size", "cluster"], descending=[True, False]).head(5)
         examples = rows.at(groups["cluster"].to_numpy(), [self.config.column])[:, 0].to_list()
         dup = int(columns["exact_duplicate"].sum())
         summary = {
             "duplicate_records": dup,
             "duplicate_rate": dup / mapped.height,
-            "clusters_with_duplicates": int(keyed.filter(pl.col("size") > 1)["cluster"].n_unique()),
+            "clusters_with_duplicates": clusters.height,
             "largest_cluster": int(keyed["size"].max() or 1),
             "empty_text_records": int(columns["exact_empty"].sum()),
             "examples": [{"cluster": int(r["cluster"]), "size": int(r["size"]), "text": text[:300]}

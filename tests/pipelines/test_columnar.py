@@ -95,7 +95,9 @@ def test_a_bad_row_late_in_the_file_commits_nothing_after_segments_were_written(
         import_source(store, str(path), "late", ImportConfig(chunk_mb=TINY))
     assert str(err.value).endswith("late.jsonl:1800: not valid JSON (Expecting value at column 37)")
     segments = list((Path(store.root) / "objects" / "segments").glob("*.parquet"))
-    assert len(segments) >= 17  # the rows before line 1800 were written as they streamed...
+    # the rows before line 1800 were written as they streamed (at least the first 1000; how many more
+    # depends on which of the two batches parsed at once hit the bad line first)...
+    assert len(segments) >= 10
     assert store.versions() == []  # ...and none of them is visible
     with pytest.raises(BadInput) as row_path:
         import_source(store, str(path), "late", ImportConfig(fast_path=False))

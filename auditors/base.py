@@ -89,6 +89,17 @@ class VersionRows:
         return with_text(self.store.rows_at(self.manifest, np.asarray(positions, dtype=np.int64))).select(columns)
 
 
+@dataclass(frozen=True)
+class MapKey:
+    """A record-cache key other than the auditor's own config hash (see Auditor.map_key)."""
+
+    name: str
+    key: str
+
+    def config_hash(self) -> str:
+        return self.key
+
+
 @dataclass
 class AuditContext:
     store: Store
@@ -143,6 +154,15 @@ class Auditor(ABC):
         """The text views or record fields (besides `id`) that `map` reads."""
         return []
 
+    def prepare(self, ctx: AuditContext) -> None:  # noqa: B027 (optional hook)
+        """Called once before the first `map` of an audit: load what every batch shares (a benchmark
+        index, the context an embedding cache needs)."""
+
+    def map_key(self) -> Any:
+        """What `map`'s record cache is keyed by (an object with `name` and `config_hash()`): the
+        auditor itself, unless only some of its settings change the per-record results."""
+        return self
+
     def map(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Per-record results of a batch: `id`, then result columns; one row per batch row."""
         raise NotImplementedError
@@ -156,7 +176,8 @@ class Auditor(ABC):
         if not self.streaming:
             raise NotImplementedError(f"{self.name}: implement run, or map and reduce")
         self.validate()
-        cache = ctx.cached(self)
+        self.prepare(ctx)
+        cache = ctx.cached(self.map_key())
         mapped = cache.get_or_compute(records.select("id", *self.map_columns()), self.map)
         ctx.map_cache[self.name] = {"hits": cache.hits, "misses": cache.misses}
         return self.reduce(mapped.drop("id"), FrameRows(records), ctx)

@@ -31,7 +31,7 @@ import polars as pl
 
 from assay.core.errors import AssayError
 
-from .base import AuditContext, Auditor, AuditResult
+from .base import AuditContext, Auditor, AuditResult, MapKey, Rows
 from .benchmarks import Benchmark, benchmark_items, fingerprint, load_benchmarks
 from .embedding_backends import BACKEND_HELP, backend_tag, check_backend, resolve_backend
 from .embeddings import DEFAULT_MODEL, embed_records
@@ -133,33 +133,46 @@ class Contamination(Auditor):
         check_search(cfg, "contamination")
         self.search: dict | None = None  # what the semantic tier's search ran, for the summary
 
-    def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
+    # streaming: per-record hits in `map`, batch by batch; summary, judge and evidence in `reduce`
+
+    def prepare(self, ctx: AuditContext) -> None:
         cfg: ContaminationConfig = self.config
-        benchmarks = load_benchmarks(list(cfg.benchmarks))
-        items = benchmark_items(benchmarks)
-        state: dict = {}
+        self._ctx = ctx  # the embedding tier's cache lives in the workspace
+        self._benchmarks = load_benchmarks(list(cfg.benchmarks))
+        self._items = benchmark_items(self._benchmarks)
+        self._index: BenchmarkIndex | None = None  # built on the first batch that is not cached
         self.search = None
 
-        def index() -> BenchmarkIndex:
-            if "index" not in state:
-                state["index"] = BenchmarkIndex(items, cfg.ngram)
-            return state["index"]
-
-        # flags follow the vectors: `auto` is torch on a GPU and openvino on a CPU, so the resolved backend keys them
+    def map_key(self) -> MapKey:
+        # hits depend on the benchmark texts too; and flags follow the vectors: `auto` is torch on a
+        # GPU and openvino on a CPU, so the resolved backend keys them
+        cfg: ContaminationConfig = self.config
         tier = f"-{backend_tag(resolve_backend(cfg.backend))}" if cfg.semantic else ""
-        cache = ctx.cached(self, fingerprint(items) + tier)
-        found = cache.get_or_compute(records.select("id", cfg.column),
-                                     lambda missing: self._compute(missing, items, index(), ctx))
-        columns = found.select(COLUMNS)
-        summary = self._summary(found, records, benchmarks, items, cache.hits)
+        return MapKey(self.name, f"{self.config_hash()}-{fingerprint(self._items)}{tier}")
+
+    def map_columns(self) -> list[str]:
+        return [self.config.column]
+
+    def map(self, batch: pl.DataFrame) -> pl.DataFrame:
+        if self._index is None:
+            self._index = BenchmarkIndex(self._items, self.config.ngram)
+        return self._compute(batch, self._items, self._index, self._ctx)
+
+    def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:
+        cfg: ContaminationConfig = self.config
+        items = self._items
+        found = mapped.with_row_index("row")
+        columns = mapped.select(COLUMNS)
+        cached = ctx.map_cache.get(self.name, {}).get("hits", 0)
+        summary = self._summary(found, rows, self._benchmarks, items, cached)
         if cfg.llm_judge:
-            verdicts, judge_summary = self._judge(found, records, items, ctx)
+            verdicts, judge_summary = self._judge(found, rows, items, ctx)
             columns = columns.with_columns(contamination_judge=verdicts).with_columns(
                 contamination_flagged=pl.col("contamination_flagged") | pl.col("contamination_judge").fill_null(False))
             summary["judge"] = judge_summary
             summary["flagged_records"] = int(columns["contamination_flagged"].sum())
-        details = {"evidence": self._evidence(found, records, items),
-                   "near_misses": self._near_misses(found, records, items)}
+        details = {"evidence": self._evidence(found, rows, items),
+                   "near_misses": self._near_misses(found, rows, items)}
         return AuditResult(columns=columns, summary=summary, details=details)
 
     # per record ------------------------------------------------------------------------------
@@ -222,7 +235,7 @@ class Contamination(Auditor):
 
     # tier (c): the LLM judge -------------------------------------------------------------------
 
-    def _judge(self, found: pl.DataFrame, records: pl.DataFrame, items: pl.DataFrame,
+    def _judge(self, found: pl.DataFrame, rows: Rows, items: pl.DataFrame,
                ctx: AuditContext) -> tuple[pl.Series, dict]:
         """Ask the LLM about every record whose nearest benchmark item is close enough. Calls go
         through the LLM layer's journal and cache (run `contamination-judge-<version>`), so a
@@ -234,10 +247,10 @@ class Contamination(Auditor):
 
         cfg: ContaminationConfig = self.config
         texts = dict(zip(zip(items["benchmark"].to_list(), items["item"].to_list()), items["text"].to_list()))
-        frame = found.select("id", "contamination_similarity", "nearest_benchmark", "nearest_item").with_columns(
-            text=records[cfg.column])
-        candidates = frame.filter(pl.col("contamination_similarity") >= cfg.judge_min_similarity).unique(
-            ["id", "nearest_item"], keep="first", maintain_order=True)
+        eligible = (found["contamination_similarity"] >= cfg.judge_min_similarity).fill_null(False)
+        frame = self._with_rows(found.filter(eligible).select("row", "contamination_similarity", "nearest_benchmark",
+                                                                "nearest_item"), rows, text="text")
+        candidates = frame.unique(["id", "nearest_item"], keep="first", maintain_order=True)
         prompt = Template(JUDGE_PROMPT.read_text(encoding="utf-8"))
         requests = [Request(key=f"{r['id']}:{r['nearest_benchmark']}:{r['nearest_item']}",
                             messages=[{"role": "user", "content": prompt.render(
@@ -251,15 +264,16 @@ class Contamination(Auditor):
         results = LLMClient(llm).run_batch(run_id, requests, ctx.store) if requests else []
         verdict = {r.key: (r.value if r.ok else None) for r in results}
         keys = frame.select(pl.concat_str(["id", "nearest_benchmark", "nearest_item"], separator=":"))[:, 0]
-        eligible = (frame["contamination_similarity"] >= cfg.judge_min_similarity).fill_null(False)
-        values = [verdict.get(k) if ok else None for k, ok in zip(keys.to_list(), eligible.to_list())]
+        values: list[bool | None] = [None] * found.height
+        for row, key in zip(frame["row"].to_list(), keys.to_list()):
+            values[row] = verdict.get(key)
         series = pl.Series("contamination_judge", values, dtype=pl.Boolean)
         return series, {"run_id": run_id, "judged": len(requests), "same": sum(1 for r in results if r.ok and r.value),
                         "failed": sum(1 for r in results if not r.ok)}
 
     # summary and details ---------------------------------------------------------------------
 
-    def _summary(self, found: pl.DataFrame, records: pl.DataFrame, benchmarks: list[Benchmark],
+    def _summary(self, found: pl.DataFrame, rows: Rows, benchmarks: list[Benchmark],
                  items: pl.DataFrame, cached: int) -> dict:
         cfg: ContaminationConfig = self.config
         flagged = found.filter(pl.col("contamination_flagged"))
@@ -274,15 +288,15 @@ class Contamination(Auditor):
                            "ngram_records": ngram.height, "semantic_records": semantic.height,
                            "flagged_records": int((flagged["contamination_benchmark"] == b.name).sum()),
                            "items_matched": hit_items}
-        texts = records[cfg.column]
         examples = []
-        pos = np.flatnonzero(found["contamination_flagged"].to_numpy())
-        for p in pos[:5].tolist():
+        pos = np.flatnonzero(found["contamination_flagged"].to_numpy())[:5]
+        texts = rows.at(pos, [cfg.column])[cfg.column].fill_null("").to_list()
+        for p, text in zip(pos.tolist(), texts):
             r = found.row(p, named=True)
             examples.append({"row": p, "benchmark": r["contamination_benchmark"], "item": r["contamination_item"],
                              "tier": _tier(r), "matched_ngrams": r["contamination_matched_ngrams"],
                              "ngrams": r["ngram_examples"][:2], "similarity": r["contamination_similarity"],
-                             "text": texts[p][:300]})
+                             "text": text[:300]})
         return {
             "flagged_records": flagged.height,
             "flagged_rate": flagged.height / max(found.height, 1),
@@ -305,15 +319,18 @@ class Contamination(Auditor):
         opts = options_of(self.config)
         return SearchInfo(method_for(items, opts), opts, items, 0).as_dict()
 
-    def _joined(self, found: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
+    def _with_rows(self, found: pl.DataFrame, rows: Rows, text: str = "record_text") -> pl.DataFrame:
+        """`found`'s rows (a `row` column: version positions) with each record's id and text, read
+        from the version for just those rows."""
         cfg: ContaminationConfig = self.config
-        return found.with_columns(record_text=records[cfg.column]).with_row_index("row")
+        read = rows.at(found["row"].to_numpy(), ["id", cfg.column])
+        return found.with_columns(id=read["id"], **{text: read[cfg.column]})
 
-    def _evidence(self, found: pl.DataFrame, records: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+    def _evidence(self, found: pl.DataFrame, rows: Rows, items: pl.DataFrame) -> pl.DataFrame:
         """One row per flagged record: the benchmark item beside the record, and why."""
         bench = items.select(pl.col("benchmark").alias("contamination_benchmark"),
                              pl.col("item").alias("contamination_item"), pl.col("text").alias("benchmark_text"))
-        flagged = self._joined(found, records).filter(pl.col("contamination_flagged"))
+        flagged = self._with_rows(found.filter(pl.col("contamination_flagged")), rows)
         tier = (pl.when(pl.col("contamination_ngram") & pl.col("contamination_semantic")).then(pl.lit("ngram+semantic"))
                 .when(pl.col("contamination_ngram")).then(pl.lit("ngram")).otherwise(pl.lit("semantic")))
         return flagged.join(bench, on=["contamination_benchmark", "contamination_item"], how="left",
@@ -325,14 +342,14 @@ class Contamination(Auditor):
             pl.col("ngram_examples").alias("ngrams"),
             pl.col("contamination_similarity").alias("similarity"))
 
-    def _near_misses(self, found: pl.DataFrame, records: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+    def _near_misses(self, found: pl.DataFrame, rows: Rows, items: pl.DataFrame) -> pl.DataFrame:
         """Unflagged records closest to being flagged (similarity within 0.1 of the threshold, or some
         shared n-grams below min_overlap), to calibrate the threshold: at most 50, closest first."""
         cfg: ContaminationConfig = self.config
         bench = items.select(pl.col("benchmark").alias("near_benchmark"), pl.col("item").alias("near_item"),
                              pl.col("text").alias("benchmark_text"))
         by_ngram = pl.col("contamination_matched_ngrams") > 0  # shared n-grams: show that item, else the nearest
-        near = self._joined(found, records).with_columns(
+        near = found.with_columns(
             near_benchmark=pl.when(by_ngram).then("ngram_benchmark").otherwise("nearest_benchmark"),
             near_item=pl.when(by_ngram).then("ngram_item").otherwise("nearest_item"),
         ).filter(
@@ -341,6 +358,7 @@ class Contamination(Auditor):
                | (pl.col("contamination_matched_ngrams") > 0)))
         near = near.sort(["contamination_matched_ngrams", "contamination_similarity"], descending=True,
                          nulls_last=True).head(50)
+        near = self._with_rows(near, rows)
         return near.join(bench, on=["near_benchmark", "near_item"], how="left", maintain_order="left").select(
             "row", "id", pl.col("near_benchmark").alias("benchmark"), pl.col("near_item").alias("item"),
             "benchmark_text", "record_text", pl.col("contamination_similarity").alias("similarity"),

@@ -69,11 +69,13 @@ import polars as pl
 
 from assay.core.errors import AssayError
 
-from .base import AuditContext, Auditor, AuditResult
+from .base import AuditContext, Auditor, AuditResult, Rows
 from .components import union_find_min
 from .minhash_lsh import (
+    SignatureRows,
     _Clusters,
     _matches,
+    _sorted_unique,
     cluster,
     exact_jaccard,
     optimal_bands_rows,
@@ -84,6 +86,9 @@ CALIBRATION_WINDOW = 0.15  # calibration pairs have an estimated Jaccard within 
 CANDIDATE_MARGIN = 0.1  # default candidate_threshold = threshold - this
 TEXT_PREVIEW = 500
 _TEXT_CHUNK = 4 << 20  # bytes of text shingled and signed at a time
+# candidate pairs verified at once: their texts are read from the version together, so a batch costs
+# one read of the row groups it touches; 250k pairs is at most 500k texts (a few hundred MB)
+VERIFY_BATCH = 250_000
 
 
 @dataclass
@@ -170,33 +175,6 @@ class MinHashConfig:
 
 # ---- the auditor -----------------------------------------------------------------------------------
 
-def _to_binary(sig: np.ndarray) -> pl.Series:
-    """Signatures (records, num_perm) as one fixed-size little-endian binary value per record: the
-    cheapest form to write to, read from and join in the record cache."""
-    import pyarrow as pa
-
-    sig = np.ascontiguousarray(sig, dtype="<u4")
-    width = sig.shape[1] * 4
-    return pl.from_arrow(pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), sig.shape[0],
-                                                              [None, pa.py_buffer(sig)]))
-
-
-def _from_binary(values: pl.Series, num_perm: int) -> np.ndarray:
-    import pyarrow as pa
-
-    arr = values.to_arrow(compat_level=pl.CompatLevel.oldest())
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    arr = arr.cast(pa.large_binary())
-    _, offsets_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64, count=len(arr) + 1, offset=arr.offset * 8)
-    if arr.null_count or not (np.diff(offsets) == 4 * num_perm).all():
-        raise AssayError(f"minhash: cached signatures are not {num_perm} values each; clear the workspace's "
-                         f"cache/minhash folder")
-    data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0]:offsets[-1]]
-    return data.view("<u4").reshape(len(arr), num_perm).astype(np.uint32, copy=False)
-
-
 class _SignatureKey:
     """What the record cache is keyed by: the settings that change a signature (not the threshold,
     bands or calibration), so re-auditing at another threshold reuses every signature."""
@@ -217,6 +195,7 @@ class _SignatureKey:
 class MinHashDuplicates(Auditor):
     name = "minhash"
     Config = MinHashConfig
+    revision = 2  # 2: signatures cached as an Array(UInt32) column (was fixed-size binary)
 
     def candidate_threshold(self) -> float:
         c: MinHashConfig = self.config
@@ -231,9 +210,18 @@ class MinHashDuplicates(Auditor):
         return optimal_bands_rows(self.candidate_threshold(), int(c.num_perm), float(c.false_positive_weight),
                                   float(c.false_negative_weight))
 
-    def signature_frame(self, records: pl.DataFrame) -> pl.DataFrame:
-        """`id`, `minhash_sig` (the num_perm uint32 values as little-endian bytes) and `shingles`
-        (how many the record has) for the given rows."""
+    def validate(self) -> None:
+        self.config.validate()
+
+    def map_columns(self) -> list[str]:
+        return [self.config.column]
+
+    def map_key(self) -> _SignatureKey:
+        return _SignatureKey(self)
+
+    def map(self, records: pl.DataFrame) -> pl.DataFrame:
+        """`id`, `minhash_sig` (the num_perm uint32 values, an Array column) and `shingles` (how many
+        the record has) for the given rows."""
         c: MinHashConfig = self.config
         texts = records[c.column].cast(pl.String).fill_null("")
         # a few MB of text at a time: bounded memory, and arrays small enough to stay in cache
@@ -247,21 +235,21 @@ class MinHashDuplicates(Auditor):
             hashes, offsets = shingle_hashes(texts[int(lo):int(hi)], c)
             sig[lo:hi] = signatures(hashes, offsets, c.num_perm, c.seed)
             shingles[lo:hi] = np.diff(offsets)
-        return pl.DataFrame({"id": records["id"], "minhash_sig": _to_binary(sig), "shingles": shingles})
+        return pl.DataFrame({"id": records["id"], "minhash_sig": pl.Series(sig, dtype=pl.Array(pl.UInt32, c.num_perm)),
+                             "shingles": shingles})
 
-    def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
+    def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:
         c: MinHashConfig = self.config
-        c.validate()
-        bands, rows = self.effective_bands_rows()
-        cache = ctx.cached(_SignatureKey(self))
-        found = cache.get_or_compute(records.select("id", c.column), self.signature_frame)
-        sig = _from_binary(found["minhash_sig"], c.num_perm)
-        has_shingles = found["shingles"].to_numpy() > 0
-        texts = records[c.column]
-        verify = None if c.verify == "estimate" else (lambda a, b: exact_jaccard(texts, a, b, c))
-        result = cluster(sig, has_shingles, bands, rows, float(c.threshold), verify)
+        bands, rows_per_band = self.effective_bands_rows()
+        sig = SignatureRows(mapped["minhash_sig"])
+        if sig.shape[1] != c.num_perm:
+            raise AssayError(f"minhash: cached signatures are not {c.num_perm} values each; clear the workspace's "
+                             f"cache/minhash folder")
+        has_shingles = mapped["shingles"].to_numpy() > 0
+        verify = None if c.verify == "estimate" else (lambda a, b: self._true_jaccard(rows, a, b))
+        result = cluster(sig, has_shingles, bands, rows_per_band, float(c.threshold), verify)
 
-        n = records.height
+        n = mapped.height
         label = result.label
         positions = np.arange(n)
         size = np.bincount(label, minlength=n)[label]
@@ -276,11 +264,25 @@ class MinHashDuplicates(Auditor):
             "minhash_cluster_size": size.astype(np.int64),
             "minhash_no_shingles": ~has_shingles,
         })
-        calibration = self._calibration(records, result)
-        summary = self._summary(records, columns, result, bands, rows, cache, calibration)
+        calibration = self._calibration(rows, result)
+        counts = ctx.map_cache.get(self.name, {"hits": 0, "misses": 0})
+        summary = self._summary(rows, columns, result, bands, rows_per_band, counts, calibration)
         return AuditResult(columns=columns, summary=summary, details={"calibration": calibration})
 
-    def _calibration(self, records: pl.DataFrame, result: _Clusters) -> pl.DataFrame:
+    def _true_jaccard(self, rows: Rows, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """The true Jaccard of each pair's shingle sets, the texts read from the version a batch of
+        pairs at a time (bounded memory whatever the number of near pairs)."""
+        column = self.config.column
+        out = np.empty(left.size, dtype=np.float64)
+        for s in range(0, left.size, VERIFY_BATCH):
+            a, b = left[s:s + VERIFY_BATCH], right[s:s + VERIFY_BATCH]
+            needed = _sorted_unique(np.concatenate([a, b]))
+            texts = rows.at(needed, [column])[column]
+            out[s:s + a.size] = exact_jaccard(texts, np.searchsorted(needed, a), np.searchsorted(needed, b),
+                                              self.config)
+        return out
+
+    def _calibration(self, rows: Rows, result: _Clusters) -> pl.DataFrame:
         """A sample of candidate pairs with an estimated Jaccard near the threshold, with the true
         Jaccard of their shingle sets and both texts, to see false positives and negatives."""
         c: MinHashConfig = self.config
@@ -291,39 +293,40 @@ class MinHashDuplicates(Auditor):
         left, right = result.pair_left[near], result.pair_right[near]
         true = result.pair_true[near]
         todo = np.flatnonzero(np.isnan(true))
-        true[todo] = exact_jaccard(records[c.column], left[todo], right[todo], c)
+        true[todo] = self._true_jaccard(rows, left[todo], right[todo])
         estimated = result.pair_jaccard[near]
         accepted = result.pair_accepted[near]
         truly = true >= t
         outcome = np.where(accepted, np.where(truly, "true positive", "false positive"),
                            np.where(truly, "false negative", "true negative"))
-        ids = records["id"]
-        column = records[c.column].cast(pl.String).fill_null("")
+        a, b = rows.at(left, ["id", c.column]), rows.at(right, ["id", c.column])
         return pl.DataFrame({
             "pos_a": left.astype(np.int64), "pos_b": right.astype(np.int64),
-            "id_a": ids.gather(left), "id_b": ids.gather(right),
+            "id_a": a["id"], "id_b": b["id"],
             "estimated_jaccard": estimated, "true_jaccard": true, "accepted": accepted,
             "outcome": pl.Series(outcome, dtype=pl.String),
-            "text_a": column.gather(left).str.slice(0, TEXT_PREVIEW),
-            "text_b": column.gather(right).str.slice(0, TEXT_PREVIEW),
+            "text_a": a[c.column].cast(pl.String).fill_null("").str.slice(0, TEXT_PREVIEW),
+            "text_b": b[c.column].cast(pl.String).fill_null("").str.slice(0, TEXT_PREVIEW),
         }).sort("estimated_jaccard", "pos_a", "pos_b")
 
-    def _summary(self, records: pl.DataFrame, columns: pl.DataFrame, result: _Clusters, bands: int, rows: int,
-                 cache, calibration: pl.DataFrame) -> dict[str, Any]:
+    def _summary(self, rows: Rows, columns: pl.DataFrame, result: _Clusters, bands: int, rows_per_band: int,
+                 cache: dict[str, int], calibration: pl.DataFrame) -> dict[str, Any]:
         c: MinHashConfig = self.config
-        n = records.height
+        n = columns.height
         dup = int(columns["minhash_duplicate"].sum())
         sizes = columns.filter(pl.col("minhash_cluster_size") > 1).group_by("minhash_cluster").agg(
             size=pl.len()).sort(["size", "minhash_cluster"], descending=[True, False])
-        examples = []
-        texts = records[c.column]
-        for cl, size in sizes.head(5).iter_rows():
-            members = columns.with_row_index("pos").filter(
-                (pl.col("minhash_cluster") == cl) & pl.col("minhash_duplicate")).head(1)
-            other = int(members["pos"][0])
-            examples.append({"cluster": int(cl), "size": int(size), "text": (texts[int(cl)] or "")[:300],
-                             "duplicate_pos": other, "duplicate_text": (texts[other] or "")[:300],
-                             "jaccard": float(members["minhash_jaccard"][0])})
+        top = sizes.head(5)
+        # each example cluster's first duplicate member, and both texts in one read
+        shown = pl.col("minhash_cluster").is_in(top["minhash_cluster"].implode())
+        firsts = (columns.with_row_index("pos").filter(pl.col("minhash_duplicate") & shown)
+                  .group_by("minhash_cluster").agg(pl.col("pos").first(), pl.col("minhash_jaccard").first()))
+        firsts = top.join(firsts, on="minhash_cluster", how="left", maintain_order="left")
+        texts = rows.at(np.concatenate([top["minhash_cluster"].to_numpy(), firsts["pos"].to_numpy()]),
+                        [c.column])[c.column].fill_null("").to_list()
+        examples = [{"cluster": int(cl), "size": int(size), "text": texts[k][:300], "duplicate_pos": int(other),
+                     "duplicate_text": texts[top.height + k][:300], "jaccard": float(jac)}
+                    for k, (cl, size, other, jac) in enumerate(firsts.iter_rows())]
         return {
             "duplicate_records": dup,
             "duplicate_rate": dup / n if n else 0.0,
@@ -332,16 +335,16 @@ class MinHashDuplicates(Auditor):
             "no_shingle_records": int(columns["minhash_no_shingles"].sum()),
             "threshold": float(c.threshold),
             "bands": bands,
-            "rows": rows,
-            "lsh_threshold": round((1 / bands) ** (1 / rows), 4),  # where the banding's S-curve is steepest
+            "rows": rows_per_band,
+            "lsh_threshold": round((1 / bands) ** (1 / rows_per_band), 4),  # where the banding's S-curve is steepest
             "candidate_pairs": result.candidate_pairs,
             "accepted_pairs": int(result.pair_accepted.sum()),
             "verified_pairs": int((~np.isnan(result.pair_true)).sum()),
             "verify": c.verify,
             "candidate_threshold": self.candidate_threshold(),
             "oversized_buckets": result.oversized,
-            "signatures_computed": cache.misses,
-            "signatures_reused": cache.hits,
+            "signatures_computed": cache["misses"],
+            "signatures_reused": cache["hits"],
             "calibration_pairs": calibration.height,
             "calibration_false_positives": int((calibration["outcome"] == "false positive").sum()),
             "calibration_false_negatives": int((calibration["outcome"] == "false negative").sum()),

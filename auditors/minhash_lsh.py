@@ -55,19 +55,49 @@ def optimal_bands_rows(threshold: float, num_perm: int, false_positive_weight: f
 
 # ---- candidate pairs and clusters ----------------------------------------------------------------------
 
-def _band_keys(sig: np.ndarray, bands: int, rows: int, step: int = 4096) -> np.ndarray:
+class SignatureRows:
+    """Signatures held as a Polars Array(UInt32, num_perm) column (a streaming audit's map results, a
+    chunk per part of the version), read as numpy rows by slice or index: the clustering below only
+    ever takes a block of rows, so the whole matrix is never copied (5 GB at 10M records)."""
+
+    def __init__(self, series: pl.Series):
+        self.series = series
+        self.shape = (series.len(), series.dtype.size)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, tuple):
+            rows, columns = key
+            return self[rows][:, columns]
+        if isinstance(key, slice):
+            return self._numpy(self.series[key])
+        key = np.asarray(key, dtype=np.int64)
+        if key.size and key[0] <= key[-1] and key[-1] - key[0] < 2 * key.size and (np.diff(key) >= 0).all():
+            # sorted and dense (a block of the rows still to cluster): one slice, then numpy picks
+            # the rows from that view; polars' gather costs ~2.6 us a row, this ~0.1
+            return self._numpy(self.series[int(key[0]):int(key[-1]) + 1])[key - key[0]]
+        return self._numpy(self.series.gather(key))
+
+    def _numpy(self, part: pl.Series) -> np.ndarray:
+        return part.to_numpy().astype(np.uint32, copy=False).reshape(part.len(), self.shape[1])
+
+
+def _band_keys(sig, bands: int, rows: int, index: np.ndarray | None = None, step: int = 4096) -> np.ndarray:
     """(bands, records) 64-bit keys of the signature's bands sig[:, b*rows:(b+1)*rows] (a uint32
-    matrix): equal band values, equal keys. Done a few thousand records at a time so each block is
-    transposed inside the CPU cache (column-wise reads of the whole matrix were 4x slower)."""
-    n = sig.shape[0]
+    matrix, or SignatureRows) of the rows `index` (default all): equal band values, equal keys. Rows
+    are fetched 64k at a time and each block of a few thousand is transposed inside the CPU cache
+    (column-wise reads of the whole matrix were 4x slower)."""
+    n = sig.shape[0] if index is None else index.size
     out = np.empty((bands, n), dtype=np.uint64)
-    for s in range(0, n, step):
-        block = sig[s:s + step, :bands * rows].T.astype(np.uint64).reshape(bands, rows, -1)
-        key = block[:, 0].copy()
-        for j in range(1, rows):
-            key *= _B
-            key += block[:, j]
-        out[:, s:s + step] = key
+    fetch = 16 * step
+    for f in range(0, n, fetch):
+        fetched = sig[f:f + fetch] if index is None else sig[index[f:f + fetch]]
+        for s in range(0, fetched.shape[0], step):
+            block = fetched[s:s + step, :bands * rows].T.astype(np.uint64).reshape(bands, rows, -1)
+            key = block[:, 0].copy()
+            for j in range(1, rows):
+                key *= _B
+                key += block[:, j]
+            out[:, f + s:f + s + block.shape[2]] = key
     return _fmix64(out)
 
 
@@ -166,38 +196,42 @@ class _Clusters:
     candidate_pairs: int
 
 
-def cluster(sig: np.ndarray, has_shingles: np.ndarray, bands: int, rows: int, threshold: float,
+def cluster(sig, has_shingles: np.ndarray, bands: int, rows: int, threshold: float,
             verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> _Clusters:
-    """Cluster rows by LSH over their signatures; rows without shingles stay alone. With `verify`
-    (pairs -> true Jaccard), candidates whose estimate is within VERIFY_MARGIN of the threshold are
-    decided by their true Jaccard; the rest (and all, without it) by the estimate."""
+    """Cluster rows by LSH over their signatures (a uint32 matrix, or SignatureRows); rows without
+    shingles stay alone. With `verify` (pairs -> true Jaccard), candidates whose estimate is within
+    VERIFY_MARGIN of the threshold are decided by their true Jaccard; the rest (and all, without it)
+    by the estimate. Memory: the band keys (bands x 8 bytes a record) and their sort, never a copy
+    of the signatures."""
     n, num_perm = sig.shape
     valid = np.flatnonzero(has_shingles)
-    rows_sig = sig if valid.size == n else sig[valid]
     m = valid.size
     # 1. identical signatures: link every copy to the first one (one pair per copy, not all pairs);
     # grouped by a key of the first 16 values, then compared in full
-    members, starts, lengths = _groups(_band_keys(rows_sig, 1, min(16, num_perm))[0])
+    members, starts, lengths = _groups(_band_keys(sig, 1, min(16, num_perm), index=None if m == n else valid)[0])
     first = np.arange(m)
     first[members] = np.repeat(members[starts], lengths)
     copy = np.flatnonzero(first != np.arange(m))
-    copy = copy[(rows_sig[copy] == rows_sig[first[copy]]).all(axis=1)]
+    copy = copy[_matches(sig, valid[copy], valid[first[copy]]) == num_perm]
     is_copy = np.zeros(m, dtype=bool)
     is_copy[copy] = True
     copies_left, copies_right = valid[first[copy]], valid[copy]
-    distinct = np.flatnonzero(~is_copy)  # one per distinct signature (the first in version order)
+    distinct = valid[~is_copy]  # version positions, one per distinct signature (the first in version order)
     d = distinct.size
-    distinct_sig = rows_sig if d == m else rows_sig[distinct]
     # 2. LSH over the distinct signatures: rows sharing any band's hash are candidates
-    keys = _band_keys(distinct_sig, bands, rows)
+    keys = _band_keys(sig, bands, rows, index=distinct)
     keys ^= _fmix64(np.arange(1, bands + 1, dtype=np.uint64))[:, None]  # a bucket per band
     members, starts, lengths = _groups(keys.ravel())
+    del keys
     chunks, oversized = _bucket_pairs(members % max(d, 1), starts, lengths)
+    del members, starts, lengths
     if chunks:
         lo = np.concatenate([np.minimum(a, b) for a, b in chunks])
         hi = np.concatenate([np.maximum(a, b) for a, b in chunks])
+        del chunks
         code = _sorted_unique(lo * d + hi)
-        left, right = valid[distinct[code // d]], valid[distinct[code % d]]
+        del lo, hi
+        left, right = distinct[code // d], distinct[code % d]
     else:
         left = right = np.zeros(0, dtype=np.int64)
     # 3. verify: estimated Jaccard of the signatures >= threshold

@@ -30,22 +30,34 @@ def _lengths(values: pl.Series) -> dict[str, Any]:
             "p99": int(np.percentile(arr, 99)), "max": int(arr.max())}
 
 
+PLOT_SAMPLE = 100_000  # records the length histograms are drawn from (every record counts in the figures)
+
+
 def version_card(store: Store, ref: str) -> dict[str, Any]:
-    """Everything the report shows about one version, as JSON-able data."""
+    """Everything the report shows about one version, as JSON-able data. The version is read one
+    part at a time, keeping only lengths and ids, so a 10M-record version fits in memory."""
     manifest = store.resolve(ref)
-    frame = with_text(store.read(manifest, ["id", "instruction", "input", "output", "messages"]))
-    prompt_chars = frame["prompt"].str.len_chars()
-    response_chars = frame["response"].str.len_chars()
+    prompt, response, words, ids = [], [], [], []
+    chat = 0
+    for part in store.iter_frames(manifest, ["id", "instruction", "input", "output", "messages"]):
+        frame = with_text(part)
+        prompt.append(frame["prompt"].str.len_chars())
+        response.append(frame["response"].str.len_chars())
+        words.append(frame["response"].str.count_matches(r"\S+"))
+        ids.append(frame["id"])
+        chat += int(frame["messages"].is_not_null().sum())
+    prompt_chars, response_chars = _concat(prompt, pl.UInt32), _concat(response, pl.UInt32)
+    sample = np.random.default_rng(0).permutation(prompt_chars.len())[:PLOT_SAMPLE]
     card: dict[str, Any] = {
         "version": manifest.summary(),
         "code_version": manifest.code_version,
-        "size": {"records": manifest.records, "unique_records": frame["id"].n_unique(),
-                 "chat_records": int(frame["messages"].is_not_null().sum())},
+        "size": {"records": manifest.records, "unique_records": _concat(ids, pl.String).n_unique(),
+                 "chat_records": chat},
         "lengths": {"prompt_chars": _lengths(prompt_chars), "response_chars": _lengths(response_chars),
-                    "response_words": _lengths(frame["response"].str.count_matches(r"\S+"))},
+                    "response_words": _lengths(_concat(words, pl.UInt32))},
         "audits": {a["auditor"]: a["summary"] for a in latest_audits(store, manifest)},
-        "_prompt_chars": prompt_chars.to_list(),
-        "_response_chars": response_chars.to_list(),
+        "_prompt_chars": prompt_chars.gather(sample).to_list(),
+        "_response_chars": response_chars.gather(sample).to_list(),
     }
     evidence = audit_detail(store, manifest, "contamination", "evidence")
     if evidence is not None:
@@ -57,6 +69,10 @@ def version_card(store: Store, ref: str) -> dict[str, Any]:
     if embedding_map is not None:
         card["_map"] = embedding_map.head(5000).to_dicts()
     return card
+
+
+def _concat(pieces: list[pl.Series], dtype) -> pl.Series:
+    return pl.concat(pieces) if pieces else pl.Series([], dtype=dtype)
 
 
 # ---- plots --------------------------------------------------------------------------------------

@@ -74,6 +74,8 @@ def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress:
     with progress(f"auditing {manifest.ref}", total=len(auditors), enabled=show_progress) as bar:
         if streaming:
             started = time.perf_counter()
+            for auditor in streaming:
+                auditor.prepare(ctx)
             mapped = _map_by_part(store, manifest, streaming, ctx, show_progress)
             steps["map"] = _step(started)
             for auditor in streaming:
@@ -104,12 +106,12 @@ def _map_by_part(store: Store, manifest, auditors: list[Auditor], ctx: AuditCont
     one part (segment) at a time, each part's rows mapped through the record cache."""
     results: dict[str, list[pl.DataFrame]] = {a.name: [] for a in auditors}
     caches = {a.name: {"hits": 0, "misses": 0} for a in auditors}
-    known = {a.name: ctx.cached(a).cached_ids() for a in auditors}
+    known = {a.name: ctx.cached(a.map_key()).cached_ids() for a in auditors}
     with progress(f"reading {manifest.ref}", total=manifest.records, enabled=show_progress) as bar:
         for k, part in enumerate(manifest.parts):
             records = with_text(store.read_part(part, list(READ_COLUMNS)))
             for auditor in auditors:
-                cache = ctx.cached(auditor, part=k, known_ids=known[auditor.name])
+                cache = ctx.cached(auditor.map_key(), part=k, known_ids=known[auditor.name])
                 mapped = cache.get_or_compute(records.select("id", *auditor.map_columns()), auditor.map)
                 results[auditor.name].append(mapped.drop("id"))
                 caches[auditor.name]["hits"] += cache.hits

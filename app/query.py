@@ -14,10 +14,20 @@ Speed on a million records comes from reading only what a step needs:
 - a page of positions: `rows_at()` reads only the row groups that hold those positions.
 
 Audit columns are row-aligned Parquet files (one row per version row), read column by column too.
+
+Every column `select()` reads is kept in this process (`COLUMNS`, least recently used dropped past
+ASSAY_REVIEW_CACHE_MB, default 4096): the app's server is long-lived and a reviewer changes a filter
+many times over the same few columns, so at 10M records the second filter on `output` costs the
+filter, not a 2.5 GB decompression. Nothing goes stale: a part's segment and selection bitmap are
+content-addressed, and an audit column is keyed by its audit's creation time.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,27 +121,66 @@ class Selection:
         return max(1, -(-self.count // size))
 
 
+# ---- the column cache ---------------------------------------------------------------------------
+
+class ColumnCache:
+    """Series by key, least recently used dropped once their estimated size passes the budget."""
+
+    def __init__(self, budget_mb: int):
+        self.budget = budget_mb << 20
+        self.items: OrderedDict[tuple, pl.Series] = OrderedDict()
+        self.size = 0
+        self.lock = threading.Lock()  # Streamlit runs each session's script in its own thread
+
+    def get(self, key: tuple, load: Callable[[], pl.Series]) -> pl.Series:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = load()
+        size = value.estimated_size()
+        with self.lock:
+            if size <= self.budget and key not in self.items:
+                self.items[key] = value
+                self.size += size
+                while self.size > self.budget:
+                    _, dropped = self.items.popitem(last=False)
+                    self.size -= dropped.estimated_size()
+        return value
+
+
+COLUMNS = ColumnCache(int(os.environ.get("ASSAY_REVIEW_CACHE_MB", "4096")))
+
+
+def _record_column(store: Store, part, column: str) -> pl.Series:
+    return COLUMNS.get((store.root, part.segment, part.selection, column),
+                       lambda: store.read_part(part, [column])[column])
+
+
 # ---- audit columns ------------------------------------------------------------------------------
 
-def audit_schema(store: Store, manifest: Manifest) -> dict[str, tuple[str, pl.DataType]]:
-    """Audit column -> (its Parquet file, its type), newest audit per auditor. Reads only footers."""
-    out: dict[str, tuple[str, pl.DataType]] = {}
+def audit_schema(store: Store, manifest: Manifest) -> dict[str, tuple[str, pl.DataType, str]]:
+    """Audit column -> (its Parquet file, its type, when the audit ran), newest audit per auditor.
+    Reads only footers."""
+    out: dict[str, tuple[str, pl.DataType, str]] = {}
     for audit in latest_audits(store, manifest):
         path = audit["columns_path"]
         for name, dtype in pl.read_parquet_schema(store.open_for_read(path)).items():
-            out[name] = (path, dtype)
+            out[name] = (path, dtype, audit["created_at"])
     return out
 
 
-def _audit_frame(store: Store, schema: dict[str, tuple[str, pl.DataType]], columns: list[str]) -> pl.DataFrame | None:
-    """The named audit columns of every row, with `_pos`, reading only those columns."""
-    by_file: dict[str, list[str]] = {}
-    for col in columns:
-        by_file.setdefault(schema[col][0], []).append(col)
-    if not by_file:
+def _audit_frame(store: Store, schema: dict[str, tuple[str, pl.DataType, str]],
+                 columns: list[str]) -> pl.DataFrame | None:
+    """The named audit columns of every row, with `_pos`, reading only those columns (once a process)."""
+    if not columns:
         return None
-    frames = [pl.read_parquet(store.open_for_read(path), columns=cols) for path, cols in by_file.items()]
-    return pl.concat(frames, how="horizontal").with_row_index("_pos")
+
+    def load(path: str, col: str) -> Callable[[], pl.Series]:
+        return lambda: pl.read_parquet(store.open_for_read(path), columns=[col])[col]
+
+    return pl.DataFrame([COLUMNS.get((store.root, schema[c][0], schema[c][2], c), load(schema[c][0], c))
+                         for c in columns]).with_row_index("_pos")
 
 
 def columns(store: Store, ref: str | Manifest) -> dict[str, str]:
@@ -170,22 +219,23 @@ def select(store: Store, ref: str | Manifest, query: Query) -> Selection:
         known = ", ".join([*RECORD_SCHEMA.names, *audit])
         raise AssayError(f"invalid filter {cond or query.sort!r}: unknown column {', '.join(sorted(unknown))}; "
                          f"columns are: {known}")
+    if not manifest.parts:
+        return Selection(manifest, cond, np.zeros(0, dtype=np.int64))
     extra = _audit_frame(store, audit, audit_cols)
-    kept: list[pl.DataFrame] = []
-    offset = 0
-    for part in manifest.parts:
-        df = store.read_part(part, record_cols or ["id"]).with_row_index("_pos", offset=offset)
-        if extra is not None:
-            df = df.join(extra.slice(offset, part.kept), on="_pos", how="left")
-        offset += part.kept
-        try:
-            if predicate is not None:
-                df = df.filter(predicate)
-            df = df.select("_pos", *([sort_expr.alias("_key")] if sort_expr is not None else []))
-        except pl.exceptions.PolarsError as exc:  # a condition that is not boolean, a type mismatch
-            raise AssayError(f"invalid filter {cond!r}: {exc}") from exc
-        kept.append(df)
-    found = pl.concat(kept) if kept else pl.DataFrame({"_pos": []}, schema={"_pos": pl.UInt32})
+    # the named columns of every row as one frame (from the column cache), filtered in one go
+    frame = pl.DataFrame({c: pl.concat([_record_column(store, part, c) for part in manifest.parts])
+                          for c in record_cols}) if record_cols else None
+    if frame is None:
+        frame = extra if extra is not None else pl.DataFrame({"_pos": pl.int_range(0, manifest.records, eager=True,
+                                                                                   dtype=pl.UInt32)})
+    else:
+        frame = frame.with_row_index("_pos") if extra is None else pl.concat([frame, extra], how="horizontal")
+    try:
+        if predicate is not None:
+            frame = frame.filter(predicate)
+        found = frame.select("_pos", *([sort_expr.alias("_key")] if sort_expr is not None else []))
+    except pl.exceptions.PolarsError as exc:  # a condition that is not boolean, a type mismatch
+        raise AssayError(f"invalid filter {cond!r}: {exc}") from exc
     if sort_expr is not None:
         # stable: equal keys keep version order; nulls last either way
         found = found.sort("_key", descending=query.descending, nulls_last=True, maintain_order=True)

@@ -16,8 +16,10 @@ paid before the clock starts, as in the long-lived Streamlit server), with that 
   first page     what opening the Review page does: resolve the version, list the filterable
                  columns and the source/generator choices, the (empty) query's selection, page 0
                  with its audit columns (`assay.app.query`). Goal < 2 s.
-  filter change  a new condition over a record field and an audit column
-                 (`length(output) >= T AND NOT exact_duplicate`): select + page 0. Goal < 1 s.
+  filter         a first condition over a record field and an audit column
+                 (`length(output) >= T AND NOT exact_duplicate`) in a fresh process: select + page 0.
+  filter change  the same with T + 7, after a first filter in the same process (the app's server is
+                 long-lived and keeps the columns a filter read: `query.COLUMNS`). Goal < 1 s.
   search         a case-insensitive substring over instruction/input/output: select + page 0.
   sort           the whole version sorted by output length, descending: select + page 0.
   record view    one record with its audit columns and duplicate cluster (`query.record`).
@@ -40,6 +42,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
@@ -65,6 +69,14 @@ def child_assay(ws: str, version: str, step: str, threshold: int) -> dict:
     t0 = time.perf_counter()
     store = Store(ws)
     manifest = store.resolve(version)
+    first = None
+    if step == "filter_change":  # the reviewer's second filter in the running app: the first one is
+        # paid (reading its columns into the process's column cache), the change is what is timed
+        sel = query.select(store, manifest, queries["filter"])
+        query.page(store, sel, 0, PAGE)
+        first = time.perf_counter() - t0
+        step, t0 = "filter", time.perf_counter()
+        queries["filter"] = query.Query(where=f"length(output) >= {threshold + 7} AND NOT exact_duplicate")
     if step == "record":
         rec = query.record(store, manifest, manifest.records // 2)
         seconds, rows, count = time.perf_counter() - t0, 1, len(rec["audit"])
@@ -77,7 +89,7 @@ def child_assay(ws: str, version: str, step: str, threshold: int) -> dict:
         page = query.page(store, sel, 0, PAGE)
         seconds, rows, count = time.perf_counter() - t0, page.height, sel.count
     return {"seconds": seconds, "rows": rows, "count": count, "peak_rss_mb": _rss_mb(),
-            "rss_after_imports_mb": rss_before}
+            "rss_after_imports_mb": rss_before, **({"first_filter_seconds": first} if first is not None else {})}
 
 
 def child_naive(paths: list[str], lib: str, step: str, threshold: int) -> dict:
@@ -129,25 +141,33 @@ def main(args: argparse.Namespace) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     ws, data = root / "ws", root / "records.jsonl"
     try:
-        print(f"synthesising {args.records:,} records ...", flush=True)
-        synth = synthesize(data, args.records)
         from assay.auditors.exact import ExactDuplicates
         from assay.auditors.runner import run_audit
         from assay.core.store import Store
         from assay.pipelines.importer import import_source
 
-        store = Store(ws)
-        t0 = time.perf_counter()
-        manifest = import_source(store, str(data), "bench", show_progress=False)
-        t1 = time.perf_counter()
-        run_audit(store, manifest.id, [ExactDuplicates()], show_progress=False)
-        t2 = time.perf_counter()
-        print(f"imported in {t1 - t0:.1f} s, audited (exact) in {t2 - t1:.1f} s", flush=True)
-        data.unlink()  # the JSONL is no longer needed; the workspace holds the records
+        if args.ws:  # an existing workspace whose version already has an `exact` audit
+            store = Store(args.ws)
+            manifest = store.resolve(args.version)
+            lengths = store.read(manifest, ["output"])["output"].str.len_chars().to_numpy()
+            threshold = int(np.quantile(lengths, 0.1))  # keeps ~90%, as store_bench's synthesis does
+            t0 = t1 = t2 = 0.0
+        else:
+            print(f"synthesising {args.records:,} records ...", flush=True)
+            synth = synthesize(data, args.records)
+            store = Store(ws)
+            t0 = time.perf_counter()
+            manifest = import_source(store, str(data), "bench", show_progress=False)
+            t1 = time.perf_counter()
+            run_audit(store, manifest.id, [ExactDuplicates()], show_progress=False)
+            t2 = time.perf_counter()
+            print(f"imported in {t1 - t0:.1f} s, audited (exact) in {t2 - t1:.1f} s", flush=True)
+            data.unlink()  # the JSONL is no longer needed; the workspace holds the records
+            threshold = synth["output_len_threshold"]
+        ws = Path(store.root)
         paths = [store.segment_path(p.segment) for p in manifest.parts]
-        threshold = synth["output_len_threshold"]
         results: dict[str, dict] = {"assay": {}, "pandas": {}, "polars": {}}
-        for step in ("first_page", "filter", "search", "sort", "record"):
+        for step in ("first_page", "filter", "filter_change", "search", "sort", "record"):
             results["assay"][step] = run_child("assay", ws=str(ws), version=manifest.id, step=step,
                                                threshold=threshold)
             print(f"assay  {step:<11} {results['assay'][step]['seconds']:7.3f} s  "
@@ -174,7 +194,8 @@ def main(args: argparse.Namespace) -> dict:
                   f"{p['peak_rss_mb']:15.0f}")
         worst_rss = max(r["peak_rss_mb"] for r in results["assay"].values())
         print(f"\ngoals: first page {results['assay']['first_page']['seconds']:.2f} s (< 2 s), "
-              f"filter change {results['assay']['filter']['seconds']:.2f} s (< 1 s), "
+              f"filter change {results['assay']['filter_change']['seconds']:.2f} s (< 1 s; "
+              f"a first filter in a fresh process {results['assay']['filter']['seconds']:.2f} s), "
               f"peak memory {worst_rss:.0f} MB (< 2048 MB)")
         print(f"load average {os.getloadavg()}")
         write_json(args.json_out, summary)
@@ -195,4 +216,6 @@ if __name__ == "__main__":
     parser.add_argument("--dir", help="work folder (kept); default: a temp folder, deleted after")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     parser.add_argument("--json-out", help="write the figures here as JSON")
+    parser.add_argument("--ws", help="use this workspace's version (with an exact audit) instead of synthesising")
+    parser.add_argument("--version", default="bench", help="the version to review with --ws")
     main(parser.parse_args())

@@ -123,3 +123,17 @@ def test_distinct_values_most_frequent_first(store, tmp_path):
     assert query.distinct(store, v, "generator") == ["import"]
     assert np.array_equal(query.select(store, v, query.Query(values={"generator": ["import"]})).positions,
                           np.arange(5))
+
+
+def test_columns_kept_in_the_process_never_leak_between_a_parent_and_its_child(store, tmp_path, small_segments):
+    v = import_source(store, str(write_jsonl(tmp_path / "d.jsonl", _rows())), "d")
+    child = store.filter(v.id, "length(output) % 2 = 0", "d")  # the same segments, other rows
+    q = query.Query(where="length(output) > 10")
+    assert query.select(store, v, q).count == 30  # reads `output` of the parent's parts into the cache
+    sel = query.select(store, child, q)
+    assert sel.count == 15
+    kept = query.page(store, sel, 0, 50)["output"].to_list()
+    assert kept == [o for o in store.read(child)["output"].to_list() if len(o) > 10]
+    # a cache too small for any column still answers (it only keeps nothing)
+    tiny = query.ColumnCache(0)
+    assert tiny.get(("k",), lambda: store.read(v)["output"]).len() == 40 and not tiny.items

@@ -68,6 +68,7 @@ class RecordCache:
         self.known_ids = known_ids
         self.hits = 0
         self.misses = 0
+        self._segments: dict[str, tuple[pl.DataFrame | None, np.ndarray, bool]] = {}  # read once
 
     def _chunks(self) -> list[str]:
         return sorted(p for p in self.store.fs.find(self.dir) if p.endswith(".parquet"))
@@ -110,6 +111,19 @@ class RecordCache:
                 # named by first row, so a segment's chunks listed by name are usually in row order
                 name = f"{int(frame['_row'].min()):012d}-{name}"
             self.store.write_atomic(f"{where}/{name}", buf.getvalue())
+
+    def covers(self) -> bool:
+        """Whether every row of the layout has its result cached by segment row: then get_or_compute
+        reads no field of `records` but `id`, and the caller need not read the texts at all."""
+        if self.layout is None:
+            return False
+        for segment, segment_rows, rows in self.layout:
+            if segment not in self._segments:
+                self._segments[segment] = self._segment_results(segment, segment_rows)
+            frame, where, _ = self._segments[segment]
+            if frame is None or not (where[rows] >= 0).all():
+                return False
+        return True
 
     def get_or_compute(self, records: pl.DataFrame, compute: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
         """Results for every row of `records` (same order), computing only records not yet cached.
@@ -166,7 +180,7 @@ class RecordCache:
     def _by_segment(self, records: pl.DataFrame, compute: Callable[[pl.DataFrame], pl.DataFrame],
                     layout: Layout) -> pl.DataFrame:
         n = records.height
-        segments: dict[str, tuple[pl.DataFrame | None, np.ndarray, bool]] = {}
+        segments = self._segments
         found, found_pos = [], []
         names = [segment for segment, _, _ in layout]
         miss_part, miss_row, miss_pos = [], [], []

@@ -109,10 +109,15 @@ def _map_by_part(store: Store, manifest, auditors: list[Auditor], ctx: AuditCont
     known = {a.name: ctx.cached(a.map_key()).cached_ids() for a in auditors}
     with progress(f"reading {manifest.ref}", total=manifest.records, enabled=show_progress) as bar:
         for k, part in enumerate(manifest.parts):
-            records = with_text(store.read_part(part, list(READ_COLUMNS)))
+            part_caches = {a.name: ctx.cached(a.map_key(), part=k, known_ids=known[a.name]) for a in auditors}
+            if all(cache.covers() for cache in part_caches.values()):
+                records = store.read_part(part, ["id"])  # every result cached: the texts are not needed
+            else:
+                records = with_text(store.read_part(part, list(READ_COLUMNS)))
             for auditor in auditors:
-                cache = ctx.cached(auditor.map_key(), part=k, known_ids=known[auditor.name])
-                mapped = cache.get_or_compute(records.select("id", *auditor.map_columns()), auditor.map)
+                cache = part_caches[auditor.name]
+                wanted = ["id"] if records.width == 1 else ["id", *auditor.map_columns()]
+                mapped = cache.get_or_compute(records.select(wanted), auditor.map)
                 results[auditor.name].append(mapped.drop("id"))
                 caches[auditor.name]["hits"] += cache.hits
                 caches[auditor.name]["misses"] += cache.misses

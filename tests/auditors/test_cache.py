@@ -106,3 +106,24 @@ def test_a_parent_audited_after_its_child_computes_only_the_rest(tmp_path, share
     fresh = Store(tmp_path / "fresh")
     _, cold_cols = audit(fresh, import_source(fresh, str(source), "p").id)
     assert_frame_equal(cols, cold_cols)
+
+
+def test_a_fully_cached_audit_reads_no_text(tmp_path, shared_data, monkeypatch):
+    """A re-audit whose every result is cached reads only record ids (texts are most of a version's
+    bytes); a part with one uncached record reads its texts again."""
+    import assay.auditors.runner as runner
+
+    store = Store(tmp_path / "ws")
+    rows = codealpaca(shared_data)[:600]
+    parent = imported_version(store, "p", rows)
+    first_summary, first_columns = audit(store, parent.id)
+    text_reads = []
+    real_with_text = runner.with_text
+    monkeypatch.setattr(runner, "with_text", lambda frame: text_reads.append(frame.height) or real_with_text(frame))
+    again_summary, again_columns = audit(store, parent.id)
+    assert text_reads == []
+    assert_frame_equal(again_columns, first_columns)
+    assert again_summary["minhash"]["signatures_reused"] == 600
+    grown = imported_version(store, "g", rows + [{**rows[0], "output": "a new answer"}])
+    audit(store, grown.id)
+    assert sum(text_reads) >= 1  # the new record's part was read with its texts

@@ -76,8 +76,10 @@ def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress:
             started = time.perf_counter()
             for auditor in streaming:
                 auditor.prepare(ctx)
-            mapped = _map_by_part(store, manifest, streaming, ctx, show_progress)
-            steps["map"] = _step(started)
+            split: dict[str, float] = {}
+            mapped = _map_by_part(store, manifest, streaming, ctx, show_progress, split)
+            # the map's seconds per auditor (its cache reads included) and for reading the parts
+            steps["map"] = {**_step(started), "split": {k: round(v, 3) for k, v in split.items()}}
             for auditor in streaming:
                 started = time.perf_counter()
                 save(auditor, auditor.reduce(mapped.pop(auditor.name), VersionRows(store, manifest), ctx))
@@ -101,7 +103,7 @@ READ_COLUMNS = ("id", "instruction", "input", "output", "messages")
 
 
 def _map_by_part(store: Store, manifest, auditors: list[Auditor], ctx: AuditContext,
-                 show_progress: bool | None) -> dict[str, pl.DataFrame]:
+                 show_progress: bool | None, seconds: dict[str, float]) -> dict[str, pl.DataFrame]:
     """Each streaming auditor's per-record results for every row, in version order: the version read
     one part (segment) at a time, each part's rows mapped through the record cache."""
     results: dict[str, list[pl.DataFrame]] = {a.name: [] for a in auditors}
@@ -110,15 +112,19 @@ def _map_by_part(store: Store, manifest, auditors: list[Auditor], ctx: AuditCont
     with progress(f"reading {manifest.ref}", total=manifest.records, enabled=show_progress) as bar:
         for k, part in enumerate(manifest.parts):
             part_caches = {a.name: ctx.cached(a.map_key(), part=k, known_ids=known[a.name]) for a in auditors}
+            started = time.perf_counter()
             if all(cache.covers() for cache in part_caches.values()):
                 records = store.read_part(part, ["id"])  # every result cached: the texts are not needed
             else:
                 records = with_text(store.read_part(part, list(READ_COLUMNS)))
+            seconds["read"] = seconds.get("read", 0.0) + time.perf_counter() - started
             for auditor in auditors:
+                started = time.perf_counter()
                 cache = part_caches[auditor.name]
                 wanted = ["id"] if records.width == 1 else ["id", *auditor.map_columns()]
                 mapped = cache.get_or_compute(records.select(wanted), auditor.map)
                 results[auditor.name].append(mapped.drop("id"))
+                seconds[auditor.name] = seconds.get(auditor.name, 0.0) + time.perf_counter() - started
                 caches[auditor.name]["hits"] += cache.hits
                 caches[auditor.name]["misses"] += cache.misses
             bar.advance(records.height)

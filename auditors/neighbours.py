@@ -371,7 +371,10 @@ def clustered_vectors(n: int, d: int = 384, *, topics: int = 1000, noise: float 
     mean = rng.standard_normal(d).astype(np.float32)
     mean /= np.linalg.norm(mean)
     x = centres[rng.integers(0, topics, n)]
-    x += noise * rng.standard_normal((n, d), dtype=np.float32) / np.sqrt(d) + 0.5 * mean
+    x += np.float32(0.5) * mean
+    scale = np.float32(noise / np.sqrt(d))
+    for a in range(0, n, BATCH):  # float32, a batch at a time: the only large array is x itself
+        x[a:a + BATCH] += scale * rng.standard_normal((min(n, a + BATCH) - a, d), dtype=np.float32)
     dup = np.sort(rng.choice(np.arange(1, n), int(n * duplicates), replace=False))
     src = (rng.random(dup.size) * dup).astype(np.int64)  # an earlier row
     x[dup] = x[src] + 0.2 * rng.standard_normal((dup.size, d), dtype=np.float32) / np.sqrt(d)

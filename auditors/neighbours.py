@@ -355,5 +355,39 @@ def _approximate_clusters(x: np.ndarray, threshold: float, cfg: SearchOptions, b
                                                                         index_bytes=index.nbytes()))
 
 
+def clustered_vectors(n: int, d: int = 384, *, topics: int = 1000, noise: float = 1.5, duplicates: float = 0.02,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Synthetic L2-normalised vectors shaped like sentence embeddings, to measure the search on
+    (bench/ann_bench.py and the tests; real embeddings of 100k texts take hours on a small CPU):
+    `topics` random directions plus a shared mean direction (sentence embeddings are anisotropic),
+    per-vector Gaussian noise (1.5: a row's nearest other row at cosine ~0.5, like human-written
+    instructions; 2.0: ~0.33, almost structureless), and a fraction `duplicates` of planted near
+    copies (an earlier row plus a little noise, cosine ~0.98). Returns (vectors (n, d) float32, the
+    planted rows (sorted), the earlier row each one copies). Where that earlier row is planted too, the
+    copy is of its value before it was overwritten, so the two need not be similar."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((topics, d)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    mean = rng.standard_normal(d).astype(np.float32)
+    mean /= np.linalg.norm(mean)
+    x = centres[rng.integers(0, topics, n)]
+    x += np.float32(0.5) * mean
+    scale = np.float32(noise / np.sqrt(d))
+    for a in range(0, n, BATCH):  # float32, a batch at a time: the only large array is x itself
+        x[a:a + BATCH] += scale * rng.standard_normal((min(n, a + BATCH) - a, d), dtype=np.float32)
+    dup = np.sort(rng.choice(np.arange(1, n), int(n * duplicates), replace=False))
+    src = (rng.random(dup.size) * dup).astype(np.int64)  # an earlier row
+    x[dup] = x[src] + 0.2 * rng.standard_normal((dup.size, d), dtype=np.float32) / np.sqrt(d)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, dup, src
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |found ∩ truth| / k, for (m, k) row indices (-1 never counts as found)."""
+    hits = ((found[:, :, None] == truth[:, None, :]) & (truth[:, None, :] >= 0)).any(axis=2).sum(axis=1)
+    return float(hits.mean() / truth.shape[1])
+
+
 __all__ = ["BLOCK_BYTES", "EDGE_BATCH", "SEARCH_MODES", "HnswIndex", "Neighbours", "SearchInfo", "SearchOptions",
-           "check_search", "knn", "method_for", "nearest_and_clusters", "options_of", "top_k"]
+           "check_search", "clustered_vectors", "knn", "method_for", "nearest_and_clusters", "options_of",
+           "recall_at_k", "top_k"]

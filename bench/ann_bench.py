@@ -8,7 +8,7 @@ Run by hand (it is not a test):
     python bench/ann_bench.py --n 20000 --json-out bench/out/ann.json
 
 Why synthetic: real MiniLM embeddings of 100k texts take hours on a 2-core CPU (about 11 records/s
-with the torch backend), so the vectors are drawn from `clustered_vectors`: 1,000 random topic
+with the torch backend), so the vectors are drawn from `assay.auditors.neighbours.clustered_vectors`: 1,000 random topic
 directions plus a shared mean direction (sentence embeddings are anisotropic), per-vector Gaussian
 noise, and 2% planted near-duplicates (an earlier row plus a little noise, cosine ~0.98). Two noise
 levels: "clustered" (noise 1.5: a record's nearest other record at cosine ~0.5, like human-written
@@ -43,31 +43,10 @@ from pathlib import Path
 import numpy as np
 from common import write_json
 
+from assay.auditors.neighbours import SearchOptions, clustered_vectors, knn, nearest_and_clusters, recall_at_k
+
 D = 384
 K = 10
-
-
-def clustered_vectors(n: int, d: int = D, *, topics: int = 1000, noise: float = 1.5, duplicates: float = 0.02,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors (n, d) float32 L2-normalised, planted duplicate rows, the earlier row each copies)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((topics, d)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    mean = rng.standard_normal(d).astype(np.float32)
-    mean /= np.linalg.norm(mean)
-    x = centres[rng.integers(0, topics, n)]
-    x += noise * rng.standard_normal((n, d), dtype=np.float32) / np.sqrt(d) + 0.5 * mean
-    dup = np.sort(rng.choice(np.arange(1, n), int(n * duplicates), replace=False))
-    src = (rng.random(dup.size) * dup).astype(np.int64)  # an earlier row
-    x[dup] = x[src] + 0.2 * rng.standard_normal((dup.size, d), dtype=np.float32) / np.sqrt(d)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x, dup, src
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over queries of |found ∩ truth| / k."""
-    hits = (found[:, :, None] == truth[:, None, :]).any(axis=2).sum(axis=1)
-    return float(hits.mean() / truth.shape[1])
 
 
 def _peak_mb() -> float:
@@ -75,7 +54,6 @@ def _peak_mb() -> float:
 
 
 def child(step: str, n: int, out: Path) -> dict:
-    from assay.auditors.neighbours import SearchOptions, knn, nearest_and_clusters
 
     x, dup, src = clustered_vectors(n, noise=2.0 if step == "hard" else 1.5)
     base_mb = _peak_mb()

@@ -177,6 +177,25 @@ def test_bad_settings_are_refused(seeded):
         run_audit(store, version.id, [SemanticDuplicates(EmbedConfig(column="output"))])
 
 
+def test_the_summary_says_which_search_ran_and_both_flag_the_same(seeded):
+    """Below exact_below (50,000) the default search is exact; forced approximate search (a faiss
+    graph, built even for 106 records) flags the same paraphrases, and each summary says what ran.
+    The graph itself against exact search: tests/auditors/test_neighbours.py."""
+    store, version, summaries, _ = seeded
+    search = summaries["embed"]["search"]
+    assert search["method"] == "exact" and search["requested"] == "auto" and search["vectors"] == version.records
+    exact_cols = audit_columns(store, version)
+    summary = run_audit(store, version.id, [SemanticDuplicates(EmbedConfig(search="approximate"))])["auditors"]["embed"]
+    assert summary["embedding"]["computed"] == 0  # the vectors come from the cache
+    search = summary["search"]
+    assert search["method"] == "approximate" and search["requested"] == "approximate"
+    assert search["library"].startswith("faiss ") and search["index_bytes"] > 0
+    approx_cols = audit_columns(store, version)
+    for col in ("embed_cluster", "embed_duplicate", "embed_neighbor"):
+        assert approx_cols[col].to_list() == exact_cols[col].to_list(), col
+    assert summary["duplicate_records"] == summaries["embed"]["duplicate_records"] == len(PLANTED)
+
+
 def _brute_force(x: np.ndarray, threshold: float):
     """Every pair, plain Python union-find; the label is the smallest position of the cluster."""
     n = len(x)

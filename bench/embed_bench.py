@@ -110,6 +110,7 @@ def child_backend(ws: str, version: str, backend: str, batch_size: int, out: str
     from assay.auditors.embeddings import embed_records
     from assay.auditors.runner import make_auditor, run_audit
     from assay.core.audits import audit_columns
+    from assay.core.records import with_text
     from assay.core.store import Store
 
     store = Store(ws)
@@ -118,7 +119,7 @@ def child_backend(ws: str, version: str, backend: str, batch_size: int, out: str
                        show_progress=False)
     seconds = time.perf_counter() - t0
     run_audit(store, version, [make_auditor("contamination", {"backend": backend})], show_progress=False)
-    records = store.read(version)
+    records = with_text(store.read(version))  # the auditors' view: `text` is prompt + response
     np.save(out, embed_records(AuditContext(store, version), records, "text", backend=backend))  # cache hits
     cols = audit_columns(store, version)
     np.save(out.replace(".npy", "-flags.npy"), np.stack([cols["embed_duplicate"].to_numpy(),

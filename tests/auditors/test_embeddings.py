@@ -125,16 +125,24 @@ def test_backend_that_cannot_load_falls_back_to_torch_with_a_warning(shared_data
     assert stats["backend"] == "torch" and stats["fallback_from"] == "onnx" and stats["computed"] == 2
 
 
-@pytest.fixture(scope="module")
+_DECISIONS: dict = {}
+
+
+@pytest.fixture
 def duplicate_decisions(shared_data, tmp_path_factory):
     """200 real CodeAlpaca records imported once; the `embed` auditor (default threshold) run on them
     with each backend; per backend its `embed_duplicate` flags and its vectors (from the cache)."""
+    if not _DECISIONS:
+        _DECISIONS.update(_decisions(shared_data, tmp_path_factory.mktemp("dups")))
+    return _DECISIONS
+
+
+def _decisions(shared_data, tmp) -> dict:
     from helpers import write_jsonl
 
     from assay.core.audits import audit_columns
     from assay.core.records import with_text
 
-    tmp = tmp_path_factory.mktemp("dups")
     store = Store(tmp / "ws")
     version = import_source(store, str(write_jsonl(tmp / "rows.jsonl", codealpaca(shared_data, 200))), "code")
     records = with_text(store.read(version.id))

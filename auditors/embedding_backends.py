@@ -2,7 +2,7 @@
 int8) or OpenVINO, chosen by the embedding auditors' `backend` option.
 
 - `auto` (the default): torch on a GPU; on a CPU OpenVINO, which on this project's 2-core box
-  encodes 2.6-3.6x faster than torch (load-dependent) at a mean cosine of 0.99999 to float32 torch (it runs
+  encodes 2.5-3.6x faster than torch (load-dependent) at a mean cosine of 0.99999 to float32 torch (it runs
   in bfloat16 where the CPU has AMX / AVX-512 BF16, float32 elsewhere). Measured in
   bench/embed_bench.py --backends; figures in docs/auditors/embeddings-and-diversity.md.
 - `onnx`: the transformer exported to ONNX, run by ONNX Runtime in float32 (same vectors as torch).

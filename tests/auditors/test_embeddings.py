@@ -1,6 +1,7 @@
 """Embedding backends on real data (50 CodeAlpaca records, the packaged all-MiniLM-L6-v2): each
 backend's vectors against torch float32, the backend recorded in the audit summary, the cache keyed
-by backend, and clear errors for a bad or unavailable backend."""
+by backend, and clear errors for a bad or unavailable backend; on 200 records, the `embed` duplicate decisions
+of onnx and openvino against torch's."""
 
 import importlib.util
 
@@ -123,3 +124,42 @@ def test_backend_that_cannot_load_falls_back_to_torch_with_a_warning(shared_data
         embed_records(AuditContext(store, ""), records, backend="onnx", stats=stats)
     embeddings._encoder.cache_clear()  # the fallback encoder must not serve later tests
     assert stats["backend"] == "torch" and stats["fallback_from"] == "onnx" and stats["computed"] == 2
+
+
+_DECISIONS: dict = {}
+
+
+@pytest.fixture
+def duplicate_decisions(shared_data, tmp_path_factory):
+    """200 real CodeAlpaca records imported once; the `embed` auditor (default threshold) run on them
+    with each backend; per backend its `embed_duplicate` flags and its vectors (from the cache)."""
+    if not _DECISIONS:
+        _DECISIONS.update(_decisions(shared_data, tmp_path_factory.mktemp("dups")))
+    return _DECISIONS
+
+
+def _decisions(shared_data, tmp) -> dict:
+    from helpers import write_jsonl
+
+    from assay.core.audits import audit_columns
+    from assay.core.records import with_text
+
+    store = Store(tmp / "ws")
+    version = import_source(store, str(write_jsonl(tmp / "rows.jsonl", codealpaca(shared_data, 200))), "code")
+    records = with_text(store.read(version.id))
+    out = {}
+    for backend in ("torch", "onnx", "openvino"):
+        run_audit(store, version.id, [make_auditor("embed", {"backend": backend})], show_progress=False)
+        vectors = embed_records(AuditContext(store, version.id), records, backend=backend)  # cache hits
+        out[backend] = (audit_columns(store, version.id)["embed_duplicate"].to_numpy(), vectors)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_backend_duplicate_decisions_match_torch(duplicate_decisions, backend):
+    flags, vectors = duplicate_decisions[backend]
+    torch_flags, torch_vectors = duplicate_decisions["torch"]
+    assert torch_flags.sum() > 0  # the records hold near-duplicates, so the comparison decides something
+    cosine = (vectors * torch_vectors).sum(axis=1)
+    assert cosine.mean() >= 0.99 and cosine.min() >= 0.98
+    assert (flags == torch_flags).all(), np.flatnonzero(flags != torch_flags)

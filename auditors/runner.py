@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import resource
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -19,6 +20,7 @@ from assay.core.records import with_text
 from assay.core.store import Store
 
 from .base import AuditContext, Auditor, AuditResult, VersionRows
+from .engine_ray import map_by_part_on_ray, resolve_engine
 
 # name -> "module:Class"; each auditor is one file under auditors/
 REGISTRY: dict[str, str] = {
@@ -48,11 +50,15 @@ def make_auditor(name: str, options: dict[str, Any] | None = None) -> Auditor:
     return cls(cls.Config(**(options or {})))
 
 
-def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress: bool | None = None) -> dict[str, Any]:
+def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress: bool | None = None,
+              engine: str | None = None, ray_address: str | None = None) -> dict[str, Any]:
     """Run `auditors` on version `ref`, store their results and return {"version", "auditors": {name: summary}}.
 
     Streaming auditors (map + reduce) read the version segment by segment, so their memory is their
-    per-record results, not the records; the others get the whole version as one frame."""
+    per-record results, not the records; the others get the whole version as one frame. `engine`
+    ("local", "ray"; default $ASSAY_ENGINE, else local) says where the streaming auditors' maps run
+    (auditors/engine_ray.py); everything else runs in this process."""
+    engine = resolve_engine(engine)
     manifest = store.resolve(ref)
     if manifest.records == 0:
         raise AssayError(f"version {manifest.ref} ({manifest.id[:12]}) is empty: nothing to audit")
@@ -77,7 +83,10 @@ def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress:
             for auditor in streaming:
                 auditor.prepare(ctx)
             split: dict[str, float] = {}
-            mapped = _map_by_part(store, manifest, streaming, ctx, show_progress, split)
+            if engine == "ray":
+                mapped = map_by_part_on_ray(store, manifest, streaming, ctx, show_progress, split, ray_address)
+            else:
+                mapped = _map_by_part(store, manifest, streaming, ctx, show_progress, split)
             # the map's seconds per auditor (its cache reads included) and for reading the parts
             steps["map"] = {**_step(started), "split": {k: round(v, 3) for k, v in split.items()}}
             for auditor in streaming:
@@ -95,7 +104,7 @@ def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress:
                 save(auditor, auditor.run(records, ctx))
                 steps[auditor.name] = _step(started)
                 bar.advance()
-    return {"version": manifest.id, "ref": manifest.ref, "records": manifest.records,
+    return {"version": manifest.id, "ref": manifest.ref, "records": manifest.records, "engine": engine,
             "auditors": {a.name: out[a.name] for a in auditors}, "steps": steps}
 
 
@@ -106,31 +115,59 @@ def _map_by_part(store: Store, manifest, auditors: list[Auditor], ctx: AuditCont
                  show_progress: bool | None, seconds: dict[str, float]) -> dict[str, pl.DataFrame]:
     """Each streaming auditor's per-record results for every row, in version order: the version read
     one part (segment) at a time, each part's rows mapped through the record cache."""
-    results: dict[str, list[pl.DataFrame]] = {a.name: [] for a in auditors}
-    caches = {a.name: {"hits": 0, "misses": 0} for a in auditors}
     known = {a.name: ctx.cached(a.map_key()).cached_ids() for a in auditors}
+    done: list[PartResult] = []
     with progress(f"reading {manifest.ref}", total=manifest.records, enabled=show_progress) as bar:
-        for k, part in enumerate(manifest.parts):
-            part_caches = {a.name: ctx.cached(a.map_key(), part=k, known_ids=known[a.name]) for a in auditors}
-            started = time.perf_counter()
-            if all(cache.covers() for cache in part_caches.values()):
-                records = store.read_part(part, ["id"])  # every result cached: the texts are not needed
-            else:
-                records = with_text(store.read_part(part, list(READ_COLUMNS)))
-            seconds["read"] = seconds.get("read", 0.0) + time.perf_counter() - started
-            for auditor in auditors:
-                started = time.perf_counter()
-                cache = part_caches[auditor.name]
-                wanted = ["id"] if records.width == 1 else ["id", *auditor.map_columns()]
-                mapped = cache.get_or_compute(records.select(wanted), auditor.map)
-                results[auditor.name].append(mapped.drop("id"))
-                seconds[auditor.name] = seconds.get(auditor.name, 0.0) + time.perf_counter() - started
-                caches[auditor.name]["hits"] += cache.hits
-                caches[auditor.name]["misses"] += cache.misses
-            bar.advance(records.height)
-    ctx.map_cache.update(caches)
-    return {name: pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
-            for name, frames in results.items()}
+        for k in range(len(manifest.parts)):
+            done.append(map_part(store, k, auditors, ctx, known))
+            bar.advance(manifest.parts[k].kept)
+    return combine(done, auditors, ctx, seconds)
+
+
+@dataclass
+class PartResult:
+    """One part's map results: per auditor its frame (without `id`), cache hits, misses, seconds."""
+
+    frames: dict[str, pl.DataFrame]
+    counts: dict[str, dict[str, float]]
+    read_seconds: float
+
+
+def map_part(store: Store, k: int, auditors: list[Auditor], ctx: AuditContext,
+             known: dict[str, pl.Series]) -> PartResult:
+    """Part k of ctx's version through every streaming auditor's map and record cache (the texts
+    are read only when some result is not cached). The unit of work of both engines."""
+    part = ctx.manifest.parts[k]
+    part_caches = {a.name: ctx.cached(a.map_key(), part=k, known_ids=known[a.name]) for a in auditors}
+    started = time.perf_counter()
+    if all(cache.covers() for cache in part_caches.values()):
+        records = store.read_part(part, ["id"])  # every result cached: the texts are not needed
+    else:
+        records = with_text(store.read_part(part, list(READ_COLUMNS)))
+    result = PartResult({}, {}, time.perf_counter() - started)
+    for auditor in auditors:
+        started = time.perf_counter()
+        cache = part_caches[auditor.name]
+        wanted = ["id"] if records.width == 1 else ["id", *auditor.map_columns()]
+        result.frames[auditor.name] = cache.get_or_compute(records.select(wanted), auditor.map).drop("id")
+        result.counts[auditor.name] = {"hits": cache.hits, "misses": cache.misses,
+                                       "seconds": time.perf_counter() - started}
+    return result
+
+
+def combine(done: list[PartResult], auditors: list[Auditor], ctx: AuditContext,
+            seconds: dict[str, float]) -> dict[str, pl.DataFrame]:
+    """The parts' results (in version order) as one frame per auditor; cache counts into ctx."""
+    seconds["read"] = seconds.get("read", 0.0) + sum(r.read_seconds for r in done)
+    out = {}
+    for a in auditors:
+        frames = [r.frames[a.name] for r in done]
+        out[a.name] = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
+        ctx.map_cache[a.name] = {key: int(sum(r.counts[a.name][key] for r in done)) for key in ("hits", "misses")}
+        seconds[a.name] = seconds.get(a.name, 0.0) + sum(r.counts[a.name]["seconds"] for r in done)
+        for r in done:  # each part's frame is now in the combined one
+            r.frames.pop(a.name)
+    return out
 
 
 def _step(started: float) -> dict[str, float]:

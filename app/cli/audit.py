@@ -23,6 +23,12 @@ def audit(version: Annotated[str, typer.Argument(help="version to audit")],
                                   "or hf:ID")] = None,
           option: Annotated[Optional[list[str]], typer.Option(
               "--option", "-o", help="auditor setting AUDITOR.FIELD=VALUE, e.g. minhash.threshold=0.8")] = None,
+          engine: Annotated[Optional[str], typer.Option(
+              "--engine", help="where the per-record work runs: local (this process) or ray (a Ray cluster); "
+                               "default $ASSAY_ENGINE, else local")] = None,
+          ray_address: Annotated[Optional[str], typer.Option(
+              "--ray-address", help="the Ray cluster's head (host:port) for --engine ray; default $RAY_ADDRESS, "
+                                    "else a local cluster started for this run")] = None,
           as_json: JsonFlag = False) -> None:
     """Run auditors on a version; results become columns for `assay filter --where`."""
 
@@ -38,7 +44,8 @@ def audit(version: Annotated[str, typer.Argument(help="version to audit")],
                 raise AssayError("--benchmark needs the contamination auditor (--auditors ...,contamination)")
             options.setdefault("contamination", {})["benchmarks"] = list(benchmark)
         built = [make_auditor(n, options.get(n)) for n in names]
-        return run_audit(current_store(), version, built, show_progress=None if not as_json else False)
+        return run_audit(current_store(), version, built, show_progress=None if not as_json else False,
+                         engine=engine, ray_address=ray_address)
 
     def render(r):
         steps = r["steps"]

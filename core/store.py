@@ -68,6 +68,12 @@ class Store:
             self.makedirs(self.path(sub))
         self.catalog = Catalog(catalog_path)
 
+    @property
+    def local_dir(self) -> Path:
+        """A local folder for what only a local disk can hold (model caches that runtimes load from
+        files): the workspace itself, or ~/.cache/assay for a workspace on object storage."""
+        return Path(self.root) if self.local else Path.home() / ".cache" / "assay"
+
     # ---- paths and atomic writes (also used by the auditors' cache and results) ----------------
     def path(self, *parts: str) -> str:
         """A path inside the workspace (modules keep their files under their own folder)."""

@@ -24,6 +24,7 @@ from helpers import Cli, write_jsonl
 from assay.auditors.runner import make_auditor, run_audit
 from assay.core.audits import audit_columns, filter_version
 from assay.core.errors import AssayError
+from assay.core.llm.server import free_port
 from assay.core.store import Store
 from assay.pipelines.exporter import export_version
 from assay.pipelines.importer import import_source
@@ -173,6 +174,19 @@ def test_a_missing_bucket_is_a_clear_error_and_is_not_created(s3_server, tmp_pat
     assert not s3fs.S3FileSystem(skip_instance_cache=True).exists("no-such-bucket-here")
     proc = Cli(url)("versions", check=False)
     assert proc.returncode == 1 and "no-such-bucket-here" in proc.stderr + proc.stdout
+
+
+def test_an_unreachable_endpoint_is_a_clear_error(s3_server, tmp_path, monkeypatch):
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries would take ~20 s to give up
+    # fsspec keeps one filesystem per set of options, connected to the endpoint it was made with
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with pytest.raises(AssayError, match=f"cannot reach bucket 'assay-test'.*{dead}"):
+            Store("s3://assay-test/ws", str(tmp_path / "catalog.sqlite"))
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_a_remote_workspace_needs_a_local_catalog(s3_workspace, monkeypatch):

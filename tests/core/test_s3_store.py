@@ -193,3 +193,18 @@ def test_a_remote_workspace_needs_a_local_catalog(s3_workspace, monkeypatch):
     monkeypatch.delenv("ASSAY_CATALOG")
     with pytest.raises(AssayError, match="ASSAY_CATALOG"):
         Store(s3_workspace.url)
+
+
+def test_a_background_job_reaches_the_same_s3_workspace_and_catalog(s3_workspace, tmp_path, monkeypatch):
+    """A job (the app's way to run a command) gets the workspace URL and the catalog path from its
+    parent: the catalog given to Store directly, not by ASSAY_CATALOG, is the one the job commits to."""
+    from assay.core import jobs
+
+    monkeypatch.delenv("ASSAY_CATALOG")
+    store = s3_workspace.store()
+    path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(25)])
+    job = jobs.wait(store, jobs.start(store, ["import", str(path), "--name", "small"], kind="import"),
+                    lambda j: j.finished, timeout=120)
+    assert job.status == "succeeded", job.error
+    assert s3_workspace.store().resolve("small").records == 25
+    assert len(s3_workspace.names("objects/segments")) == 1

@@ -5,7 +5,7 @@ a user's `--workspace s3://bucket/prefix` is, with the catalog a local SQLite fi
 The store's crash-atomicity and concurrency tests run on S3 too (tests/core/test_store_atomicity.py,
 test_store_concurrency.py, parametrized over `any_workspace`); these tests cover the rest: the whole
 user path through the CLI, a writer killed between its objects and its catalog row, listings that
-see other processes' objects, and a missing bucket.
+see other processes' objects, a background job, and a missing bucket or unreachable endpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -84,6 +85,8 @@ def test_import_audit_filter_export_verify_on_s3(s3_workspace, shared_data, tmp_
     # the objects are in the bucket and nowhere else: besides the source and exports, the only local
     # file is the catalog (and SQLite's WAL beside it)
     assert s3_workspace.names("objects/segments") and s3_workspace.names("objects/selections")
+    assert s3_workspace.names("audits") == {s3.resolve("seed").id} and s3_workspace.names("cache")  # results and record cache
+    assert not (Path.cwd() / s3_workspace.url.split("/")[2]).exists()  # no bucket path taken as a local one
     assert s3_workspace.names("manifests") == {f"{v['id']}.json" for v in s3.versions()}
     assert {p.name for p in tmp_path.iterdir()} - {"seed.jsonl", "clean.jsonl", "local.jsonl", "local"} \
         <= {"catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"}

@@ -85,7 +85,8 @@ def test_import_audit_filter_export_verify_on_s3(s3_workspace, shared_data, tmp_
     # the objects are in the bucket and nowhere else: besides the source and exports, the only local
     # file is the catalog (and SQLite's WAL beside it)
     assert s3_workspace.names("objects/segments") and s3_workspace.names("objects/selections")
-    assert s3_workspace.names("audits") == {s3.resolve("seed").id} and s3_workspace.names("cache")  # results and record cache
+    # the audit's results and its record cache
+    assert s3_workspace.names("audits") == {s3.resolve("seed").id} and s3_workspace.names("cache")
     assert not (Path.cwd() / s3_workspace.url.split("/")[2]).exists()  # no bucket path taken as a local one
     assert s3_workspace.names("manifests") == {f"{v['id']}.json" for v in s3.versions()}
     assert {p.name for p in tmp_path.iterdir()} - {"seed.jsonl", "clean.jsonl", "local.jsonl", "local"} \

@@ -60,7 +60,7 @@ class RecordCache:
         self.store = store
         self.namespace = namespace
         self.dir = store.path("cache", namespace)
-        store.fs.makedirs(self.dir, exist_ok=True)
+        store.makedirs(self.dir)
         self.layout = layout
         # every id cached when the audit began (`cached_ids`), when the caller read them once: an id
         # not among them is not looked up in every chunk, which would make a cold audit that runs
@@ -107,7 +107,7 @@ class RecordCache:
             where = self.dir
             if segment is not None:
                 where = self._segment_dir(segment)
-                self.store.fs.makedirs(where, exist_ok=True)
+                self.store.makedirs(where)
                 # named by first row, so a segment's chunks listed by name are usually in row order
                 name = f"{int(frame['_row'].min()):012d}-{name}"
             self.store.write_atomic(f"{where}/{name}", buf.getvalue())
@@ -165,8 +165,7 @@ class RecordCache:
         """The cached results of one segment's rows and, per segment row, its row in them (-1: none)."""
         where = -np.ones(rows, dtype=np.int64)
         folder = self._segment_dir(segment)
-        files = sorted(p for p in self.store.fs.ls(folder, detail=False) if p.endswith(".parquet")) \
-            if self.store.fs.exists(folder) else []
+        files = sorted(p for p in self.store.listdir(folder) if p.endswith(".parquet"))
         if not files:
             return None, where, False
         frame = pl.concat([pl.read_parquet(self.store.open_for_read(f)) for f in files], how="vertical_relaxed")

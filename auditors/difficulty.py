@@ -147,8 +147,8 @@ class Difficulty(Auditor):
 
         cfg: DifficultyConfig = self.config
         spec = _model_spec(cfg)
-        tokenizer = load_tokenizer(spec, ctx.store.root)
-        model = load_model(spec, ctx.store.root, tokenizer)
+        tokenizer = load_tokenizer(spec, ctx.store.local_dir)  # model files are local, even for an S3 workspace
+        model = load_model(spec, ctx.store.local_dir, tokenizer)
         device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                               else "cpu")
         model.to(device).eval()

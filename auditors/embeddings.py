@@ -159,7 +159,7 @@ def models_dir(store, model: str | None) -> Path:
     workspace that is not a local folder (the runtimes read local files) uses ~/.cache/assay/."""
     from assay.core.models import cache_dir
 
-    root = store.root if store is not None and store.local else Path.home() / ".cache" / "assay"
+    root = store.local_dir if store is not None else Path.home() / ".cache" / "assay"
     return cache_dir(root) / "embeddings" / model_key(model)
 
 

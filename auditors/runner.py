@@ -67,7 +67,7 @@ def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress:
     steps: dict[str, dict[str, float]] = {}
     ctx = AuditContext(store, manifest.id, manifest)
     out: dict[str, Any] = {}
-    store.fs.makedirs(store.path("audits", manifest.id), exist_ok=True)
+    store.makedirs(store.path("audits", manifest.id))
 
     def save(auditor: Auditor, result: AuditResult) -> None:
         _check_result(auditor, result, manifest.records)

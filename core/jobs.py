@@ -160,7 +160,10 @@ def start(store, argv: list[str], *, kind: str, title: str | None = None, env: d
     with catalog.write() as conn:
         conn.execute("INSERT INTO jobs (id, kind, title, argv, status, created_at, log_path) VALUES (?,?,?,?,?,?,?)",
                      (job_id, kind, title or " ".join(argv), json.dumps(argv), "queued", _now(), str(log_path)))
-    env = {**os.environ, **(env or {}), ENV_JOB: job_id, ENV_CATALOG: str(catalog.path), "PYTHONUNBUFFERED": "1"}
+    # ASSAY_CATALOG too: the command must open the catalog this store uses (an object-store workspace's
+    # catalog may have been given to Store directly, and the URL alone does not name it)
+    env = {**os.environ, **(env or {}), ENV_JOB: job_id, ENV_CATALOG: str(catalog.path),
+           "ASSAY_CATALOG": str(catalog.path), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "assay.core.jobs", store.url, job_id],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,

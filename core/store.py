@@ -24,18 +24,16 @@ import io
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import fsspec
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
+from . import storage
 from .catalog import Catalog
 from .errors import AssayError, UnknownVersion
 from .manifest import Manifest, Part, check_dataset_name, code_version, hash_bytes, pack_bits, unpack_bits
@@ -57,10 +55,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike | None = None, catalog_path: str | None = None):
         root = str(root or default_workspace())
-        self.fs, self.root = fsspec.core.url_to_fs(root)
-        self.local = isinstance(self.fs, LocalFileSystem)
-        if self.local:
-            self.root = str(Path(self.root).resolve())
+        self.fs, self.root, self.local = storage.open_filesystem(root)
         # what a child process (a background job) passes to `assay -w` to reach the same workspace
         self.url = self.root if self.local else root
         catalog_path = catalog_path or os.environ.get("ASSAY_CATALOG")
@@ -70,8 +65,14 @@ class Store:
                                  "set ASSAY_CATALOG to a local file path")
             catalog_path = os.path.join(self.root, "catalog.sqlite")
         for sub in ("objects/segments", "objects/selections", "manifests"):
-            self.fs.makedirs(self.path(sub), exist_ok=True)
+            self.makedirs(self.path(sub))
         self.catalog = Catalog(catalog_path)
+
+    @property
+    def local_dir(self) -> Path:
+        """A local folder for what only a local disk can hold (model caches that runtimes load from
+        files): the workspace itself, or ~/.cache/assay for a workspace on object storage."""
+        return Path(self.root) if self.local else Path.home() / ".cache" / "assay"
 
     # ---- paths and atomic writes (also used by the auditors' cache and results) ----------------
     def path(self, *parts: str) -> str:
@@ -87,24 +88,14 @@ class Store:
     def manifest_path(self, version_id: str) -> str:
         return self.path("manifests", f"{version_id}.json")
 
+    def makedirs(self, path: str) -> None:
+        storage.makedirs(self.fs, self.local, path)
+
+    def listdir(self, path: str) -> list[str]:
+        return storage.listdir(self.fs, path)
+
     def write_atomic(self, path: str, data: bytes) -> None:
-        if self.local:
-            # write a temp file beside the target, flush it to disk, then rename over: readers see
-            # the old name absent or the whole new file, never a prefix of it
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            # and the directory entry, so the rename itself survives a power loss
-            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        else:
-            self.fs.pipe_file(path, data)  # object stores publish a put whole or not at all
+        storage.write_atomic(self.fs, self.local, path, data)
 
     def _put_object(self, path_of, data: bytes) -> str:
         digest = hash_bytes(data)
@@ -378,14 +369,14 @@ class Store:
                 self._verify_version(row, problems, check_object)
                 bar.advance()
         catalogued = {Path(r["manifest_path"]).name for r in rows}
-        for path in self.fs.ls(self.path("manifests"), detail=False):
+        for path in self.listdir(self.path("manifests")):
             name = path.rsplit("/", 1)[-1]
             if ".tmp-" in name:
                 notes.append(f"leftover temporary file {name} (a killed write; safe to delete)")
             elif name not in catalogued:
                 notes.append(f"manifest {name} is not in the catalog (a killed commit; invisible)")
         for sub in ("segments", "selections"):
-            for path in self.fs.ls(self.path("objects", sub), detail=False):
+            for path in self.listdir(self.path("objects", sub)):
                 if ".tmp-" in path.rsplit("/", 1)[-1]:
                     notes.append(f"leftover temporary file objects/{sub}/{path.rsplit('/', 1)[-1]}")
         return {"ok": not problems, "versions": len(rows), "problems": problems, "notes": notes}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import uuid
 from pathlib import Path
 
 import pytest
-from helpers import SHARED_DATA, Cli
+from helpers import SHARED_DATA, Cli, Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +59,47 @@ def hub_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+
+S3_BUCKET = "assay-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API on loopback (moto's standalone server, in a thread of this process), once per run.
+    The AWS variables go into os.environ, so child processes a test starts reach it too: botocore
+    takes the endpoint from AWS_ENDPOINT_URL, the same way a user points Assay at MinIO or R2."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # else one access-log line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            mp.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            mp.delenv(name, raising=False)
+        import s3fs
+
+        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(S3_BUCKET)
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_workspace(s3_server, tmp_path, monkeypatch) -> Workspace:
+    """A fresh `s3://` workspace (its own prefix in the session's bucket) with a local catalog file."""
+    catalog = tmp_path / "catalog.sqlite"
+    monkeypatch.setenv("ASSAY_CATALOG", str(catalog))
+    return Workspace(f"s3://{S3_BUCKET}/ws-{uuid.uuid4().hex[:12]}", catalog)
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_workspace(request, tmp_path) -> Workspace:
+    """The store's storage-level tests run on both: a local folder and a prefix on the S3 server."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_workspace")
+    return Workspace(str(tmp_path / "ws"), tmp_path / "ws" / "catalog.sqlite")

@@ -7,8 +7,33 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+@dataclass
+class Workspace:
+    """A workspace for tests that run on both kinds of storage: a local folder, or an `s3://` prefix on
+    the test session's S3 server (its catalog a local file, named by ASSAY_CATALOG for child processes)."""
+
+    url: str
+    catalog: Path  # the SQLite catalog file
+
+    @property
+    def remote(self) -> bool:
+        return "://" in self.url
+
+    def store(self):
+        from assay.core.store import Store
+
+        return Store(self.url, str(self.catalog))
+
+    def names(self, sub: str) -> set[str]:
+        """The names of the files directly under `sub` (e.g. "manifests"), as the storage lists them."""
+        store = self.store()
+        return {p.rsplit("/", 1)[-1] for p in store.listdir(store.path(sub))}
+
 
 # ../shared/data beside the checkout: the real data every test reads where it is, never copied
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -16,15 +16,28 @@ from assay.core.store import Store
 UI = Path(__file__).resolve().parents[2] / "app" / "ui"
 
 
-@pytest.fixture
-def version(app_workspace, tmp_path):
+def audited_version(store: Store):
     rows = [{"instruction": f"Explain topic {i}" if i % 4 else f"Translate sentence {i}",
              "output": "x" * (10 + i)} for i in range(60)]
     rows += [rows[1], rows[2]]  # two exact duplicates, rows 60 and 61
-    store = Store(app_workspace)
     v = imported_version(store, "rev", rows)
     run_audit(store, v.id, [ExactDuplicates()])
     return store, v
+
+
+@pytest.fixture
+def version(app_workspace):
+    return audited_version(Store(app_workspace))
+
+
+@pytest.fixture(params=["local", "s3"])
+def version_anywhere(request, app_workspace, monkeypatch):
+    """The same version in a local workspace or in one on S3 (the test session's S3 server)."""
+    if request.param == "local":
+        return audited_version(Store(app_workspace))
+    ws = request.getfixturevalue("s3_workspace")
+    monkeypatch.setenv("ASSAY_WORKSPACE", ws.url)
+    return audited_version(ws.store())
 
 
 def review() -> AppTest:
@@ -55,8 +68,8 @@ def test_search_narrows_rows_and_the_record_view_shows_text_as_text(version):
     assert "Translate sentence 0" in codes  # the record view (first row on the page)
 
 
-def test_flag_filter_sort_and_save_creates_a_version_with_the_right_count(version):
-    store, v = version
+def test_flag_filter_sort_and_save_creates_a_version_with_the_right_count(version_anywhere):
+    store, v = version_anywhere
     at = review()
     at.selectbox(key="review_flag_exact_duplicate").select("no").run()
     assert status(at) == "60 of 62 records match · page 1 of 2"

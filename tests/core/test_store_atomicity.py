@@ -31,8 +31,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from assay.core.store import Store
-
 N_RECORDS = 150_000
 CHUNK = 50_000  # one segment per chunk: 3 segments a version
 ROUNDS = 20
@@ -110,9 +108,9 @@ def expected_frame(tag: str, n: int) -> pl.DataFrame:
 class Child:
     """A committing child process whose marker lines a reader thread timestamps as they arrive."""
 
-    def __init__(self, script: Path, ws: Path, rnd: int, widen: float = 0.0):
+    def __init__(self, script: Path, ws: str, rnd: int, widen: float = 0.0):
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", str(script), str(ws), str(rnd), str(N_RECORDS), str(CHUNK), str(widen)],
+            [sys.executable, "-u", str(script), ws, str(rnd), str(N_RECORDS), str(CHUNK), str(widen)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         self.lines: list[str] = []
         self.cond = threading.Condition()
@@ -189,9 +187,10 @@ def _outcome(lines: list[str]) -> dict:
     return {"done": done, "in_flight": in_flight, "markers": phase_markers}
 
 
+# on a local folder and on S3 (any_workspace), where a segment or manifest write is one PUT, not a rename
 @pytest.mark.slow
-def test_sigkill_during_commit_never_leaves_a_partial_version(tmp_path):
-    ws = tmp_path / "ws"
+def test_sigkill_during_commit_never_leaves_a_partial_version(tmp_path, any_workspace):
+    ws = any_workspace
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     rng = random.Random(int(os.environ.get("ASSAY_KILL_SEED", "20240611")))
@@ -220,7 +219,7 @@ def test_sigkill_during_commit_never_leaves_a_partial_version(tmp_path):
         else:
             # right around the catalog's COMMIT (before, during its WAL fsync, or just after)
             kill_on = ("M1", commit_index, rng.uniform(0, 0.006))
-        child = Child(script, ws, rnd, widen)
+        child = Child(script, ws.url, rnd, widen)
         child.kill_on, child.delay = kill_on, delay
         children.append(child)
         return child
@@ -245,12 +244,12 @@ def test_sigkill_during_commit_never_leaves_a_partial_version(tmp_path):
                 in_flight_tags.append((out["in_flight"], out["markers"]))
         elapsed = time.monotonic() - started
 
-        store = Store(ws)
+        store = ws.store()
         report = store.verify()
         assert report["ok"], report["problems"]
         assert report["problems"] == []
 
-        with sqlite3.connect(ws / "catalog.sqlite") as conn:
+        with sqlite3.connect(ws.catalog) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
         versions = store.versions(DATASET)
@@ -287,7 +286,7 @@ def test_sigkill_during_commit_never_leaves_a_partial_version(tmp_path):
         sure_orphans = sum(1 for tag, marks in in_flight_tags if "M1" in marks and tag not in visible)
         maybe_orphans = sum(1 for tag, marks in in_flight_tags if "M0" in marks and tag not in visible)
         assert sure_orphans <= len(orphan_manifests) <= maybe_orphans, (report["notes"], in_flight_tags)
-        on_disk = {p.name for p in (ws / "manifests").iterdir() if ".tmp-" not in p.name}
+        on_disk = {name for name in ws.names("manifests") if ".tmp-" not in name}
         assert on_disk == {f"{v['id']}.json" for v in versions} | {
             n.split()[1] for n in orphan_manifests}
 

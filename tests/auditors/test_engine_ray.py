@@ -21,9 +21,9 @@ OPTIONS = {"contamination": {"semantic": False}}  # the n-gram tier; the semanti
 
 
 @pytest.fixture(scope="module")
-def local_cluster():
+def local_cluster(s3_server):
     """A real Ray cluster on this machine, started once for the module, as `assay audit --engine ray`
-    does without an address."""
+    does without an address. After the S3 server: its workers inherit the AWS variables at start."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     # the fault test's auditor is defined here: ship this module's classes by value to the workers
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -79,6 +79,30 @@ def test_both_engines_give_the_same_columns_and_summaries_on_50k_records(local_c
     # the workers wrote the record cache in the workspace: a re-audit on Ray computes nothing
     again, _ = audit(ray_store, ray_version.id, "ray")
     assert again["auditors"]["minhash"]["signatures_computed"] == 0
+
+
+def test_workers_read_an_s3_workspace_from_the_bucket_not_through_the_driver(local_cluster, s3_workspace,
+                                                                           shared_data, tmp_path, monkeypatch):
+    import assay.core.store as store_module
+    from assay.core.store import Store
+
+    rows = planted_rows(shared_data, 6000)
+    monkeypatch.setattr(store_module, "SEGMENT_ROWS", 1500)
+    on_s3 = s3_workspace.store()
+    version = imported_version(on_s3, "code", rows)
+    local_store = Store(tmp_path / "local", str(tmp_path / "local.sqlite"))
+    local_version = imported_version(local_store, "code", rows)
+    local, local_columns = audit(local_store, local_version.id, "local")
+
+    def no_segment_reads_here(*args, **kwargs):
+        raise AssertionError("the driver read a segment")
+
+    monkeypatch.setattr(store_module.Store, "read_part", no_segment_reads_here)  # this process only
+    on_ray, ray_columns = audit(on_s3, version.id, "ray")
+    assert_frame_equal(ray_columns, local_columns)
+    assert on_ray["auditors"]["minhash"] == local["auditors"]["minhash"]
+    cached = on_s3.listdir(on_s3.path("cache"))
+    assert cached  # the workers wrote the record cache into the bucket
 
 
 class DiesOnce(ExactDuplicates):

@@ -82,15 +82,12 @@ def run_datasketch(input_dir: Path, work: Path, s: dict):
 def run_text_dedup(input_dir: Path, work: Path, s: dict):
     from text_dedup import minhash
 
-    files = sorted(str(p) for p in (input_dir / "shards").glob("*.jsonl"))
-    args = ["--path", "json", "--data_files", ",".join(files), "--split", "train",
+    args = ["--path", "json", "--data_files", str(input_dir / "shards" / "*.jsonl"), "--split", "train",
             "--cache_dir", str(work / "hf-cache"), "--output", str(work / "out"), "--column", "text",
             "--idx_column", "id", "--debug", "--num_proc", str(s["workers"]),
             "--ngram", str(s["ngram"]), "--min_length", "0", "--num_perm", str(s["num_perm"]),
             "--threshold", str(s["threshold"]), "--b", str(s["bands"]), "--r", str(s["rows"]),
             "--seed", str(s["seed"]), "--hash_func", "xxh3"]
-    if len(files) == 1:
-        args[args.index("--data_files") + 1] = files[0]
     t = time.perf_counter()
     minhash.main.main(args=args, standalone_mode=False)
     seconds = time.perf_counter() - t

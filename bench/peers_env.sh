@@ -9,9 +9,10 @@
 # Pinned, as resolved from PyPI on 2026-12-03 with Python 3.11:
 # - datatrove 0.10.1: its MinHash dedup pipeline (signature, buckets, cluster, filter steps) on the
 #   local executor. Its base requirements do not cover that pipeline: it also imports xxhash (the
-#   default hash function; datatrove's [processing] extra bounds it <4) and orjson (the JSONL reader,
-#   from the [io] extra). Those two are installed alone rather than the whole [processing]/[io] extras
-#   (fasttext, trafilatura, nltk, warcio, ...), which the MinHash steps never import.
+#   default hash function; datatrove's [processing] extra bounds it <4), tokenizers (imported by its
+#   JSONL writer's module chain; also [processing]) and orjson (the JSONL reader, from the [io]
+#   extra). Those three are installed alone rather than the whole [processing]/[io] extras (fasttext,
+#   trafilatura, nltk, warcio, ...), which the MinHash steps never import.
 # - text-dedup 0.4.0: `python -m text_dedup.minhash`. Installed with its declared requirements, which
 #   include pyspark (a ~400 MB sdist, for its Spark variant) and unisim (+ onnxruntime, usearch), unused
 #   by the single-machine MinHash run; it pins urllib3<=2.0.
@@ -25,11 +26,11 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet \
-    "datatrove==0.10.1" "xxhash==3.8.2" "orjson==3.13.0" \
+    "datatrove==0.10.1" "xxhash==3.8.2" "tokenizers==0.23.3" "orjson==3.13.0" \
     "text-dedup==0.4.0" \
     "datasketch==2.0.0"
 "$venv/bin/python" - <<'PY'
 import importlib.metadata as md
-for name in ("datatrove", "text-dedup", "datasketch", "xxhash", "orjson", "datasets", "numpy"):
+for name in ("datatrove", "text-dedup", "datasketch", "xxhash", "tokenizers", "orjson", "datasets", "numpy"):
     print(f"{name} {md.version(name)}")
 PY

@@ -3,13 +3,13 @@
 
     python bench/peers_driver.py TOOL INPUT_DIR OUT_JSON SETTINGS_JSON
 
-TOOL is datatrove, text-dedup or datasketch (run with bench/.venv-peers/bin/python, where those are
-installed) or assay (run with the project's Python). INPUT_DIR holds the records written by
-scale_peers.py: shards/NNNNN.jsonl (`id` = the record's position, `text`) and records.parquet (the
-same rows). The timed section is the tool's own work, reading its input included, and not the
-interpreter's start, the imports or the reading back of the clusters. Written to OUT_JSON: `seconds`
-(the timed section) and `labels` (per position, the smallest position of its cluster; itself when
-the tool kept it as no duplicate).
+TOOL is datatrove, text-dedup or datasketch (TOOL@t: with bands x rows tuned for the threshold; run
+with bench/.venv-peers/bin/python, where those are installed) or assay (run with the project's
+Python). INPUT_DIR holds the records written by scale_peers.py: shards/NNNNN.jsonl (`id` = the
+record's position, `text`) and records.parquet (the same rows). The timed section is the tool's own
+work, reading its input included, and not the interpreter's start, the imports or the reading back
+of the clusters. Written to OUT_JSON: `seconds` (the timed section) and `labels` (per position, the
+smallest position of its cluster; itself when the tool kept it as no duplicate).
 
 Only numpy, the standard library and the tool itself are imported here, so that it runs in either
 environment.
@@ -178,11 +178,14 @@ TOOLS = {"assay": run_assay, "datasketch": run_datasketch, "text-dedup": run_tex
 def main() -> None:
     tool, input_dir, out_json, settings = sys.argv[1:5]
     s = json.loads(Path(settings).read_text())
-    work = Path(out_json).parent / f"work-{tool}"
+    work = Path(out_json).parent / f"work-{tool.replace('@', '-')}"
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    seconds, labels = TOOLS[tool](Path(input_dir), work, s)
+    name, _, variant = tool.partition("@")
+    if variant == "t":  # banding tuned for the threshold itself (see scale_peers.py)
+        s = {**s, "bands": s["threshold_bands"], "rows": s["threshold_rows"]}
+    seconds, labels = TOOLS[name](Path(input_dir), work, s)
     Path(out_json).write_text(json.dumps({"seconds": seconds, "labels": [int(x) for x in labels]}))
 
 

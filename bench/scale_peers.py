@@ -17,6 +17,10 @@ after the other, with Assay's MinHashConfig defaults mapped onto its own setting
   bands x rows values (`num_buckets` x `hashes_per_bucket`).
 - bands x rows (Assay's, chosen for its candidate threshold): datasketch `params=(bands, rows)`;
   text-dedup `--b`, `--r`; datatrove `num_buckets`, `hashes_per_bucket`.
+- `TOOL@t` (datatrove@t, text-dedup@t): the same tool with bands x rows tuned for the threshold
+  itself (weights 0.5/0.5: what text-dedup and datasketch choose for `--threshold 0.8` alone), since
+  Assay's banding, tuned below the threshold because Assay verifies its candidates, costs the tools
+  that verify none their precision.
 - threshold 0.8 with candidates verified (Assay: exact Jaccard near the threshold): datasketch keeps
   a candidate whose estimated Jaccard is >= 0.8; text-dedup and datatrove verify nothing (every
   record sharing a band with another is its duplicate), so the threshold reaches them only through
@@ -50,17 +54,22 @@ from minhash_bench import score, synthesise
 from minhash_reference import WORD_RE, ref_shingles
 
 from assay.auditors.minhash import MinHashConfig, MinHashDuplicates
+from assay.auditors.minhash_lsh import optimal_bands_rows
 
 HERE = Path(__file__).resolve().parent
 PEERS_PYTHON = HERE / ".venv-peers" / "bin" / "python"
-PEERS = ("datatrove", "text-dedup", "datasketch")
+# "@t": the same tool with its banding tuned for the threshold itself (datasketch's and text-dedup's own
+# choice for --threshold 0.8, weights 0.5/0.5): fairer to the tools that verify no candidate
+PEERS = ("datatrove", "text-dedup", "datasketch", "datatrove@t", "text-dedup@t")
 
 
 def settings(config: MinHashConfig, workers: int) -> dict:
     """What each driver reads: Assay's own config, and the same settings as the peers take them."""
     bands, rows = MinHashDuplicates(config).effective_bands_rows()
+    t_bands, t_rows = optimal_bands_rows(config.threshold, config.num_perm, 0.5, 0.5)
     return {"assay_config": asdict(config), "threshold": config.threshold, "num_perm": config.num_perm,
-            "ngram": config.ngram, "bands": bands, "rows": rows, "seed": config.seed,
+            "ngram": config.ngram, "bands": bands, "rows": rows, "threshold_bands": t_bands,
+            "threshold_rows": t_rows, "seed": config.seed,
             "word_regex": WORD_RE.pattern, "workers": workers}
 
 

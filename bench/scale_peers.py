@@ -83,9 +83,9 @@ def write_inputs(docs: list[str], folder: Path, shards: int) -> None:
     (folder / "shards.json").write_text(json.dumps(np.diff(bounds).tolist()))
 
 
-def run_one(tool: str, folder: Path, settings_path: Path) -> dict:
+def run_one(tool: str, folder: Path, settings_path: Path, peers_python: Path = PEERS_PYTHON) -> dict:
     """One tool in a fresh process: its figures and labels, or the error it stopped with."""
-    python = sys.executable if tool == "assay" else str(PEERS_PYTHON)
+    python = sys.executable if tool == "assay" else str(peers_python)
     out = folder / f"{tool}.json"
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(folder / f"{tool}.stderr", "w+") as err:
@@ -107,15 +107,18 @@ def run_one(tool: str, folder: Path, settings_path: Path) -> dict:
             "peak_rss_mb": usage.ru_maxrss / 1024, "labels": np.array(got["labels"])}
 
 
-def compare(n: int, tools: tuple[str, ...] = PEERS, seed: int = 0, workers: int = 2) -> dict:
-    """Every tool on the same n synthesised records; figures per tool and Assay's speed ratio."""
+def compare(n: int, tools: tuple[str, ...] = PEERS, seed: int = 0, workers: int = 2,
+            peers_python: Path = PEERS_PYTHON) -> dict:
+    """Every tool on the same n synthesised records; figures per tool and Assay's speed ratio.
+    `peers_python`: the interpreter the peers run with (the suite's test runs datasketch, a test
+    dependency, with its own)."""
     docs, planted = synthesise(n, seed)
     config = MinHashConfig()
     truth_j = np.array([len(ref_shingles(docs[a]) & ref_shingles(docs[b]))
                         / len(ref_shingles(docs[a]) | ref_shingles(docs[b])) for a, b, _ in planted])
     peers = [t for t in tools if t != "assay"]
-    if peers and not PEERS_PYTHON.exists():
-        raise SystemExit(f"{PEERS_PYTHON} not found: run bash bench/peers_env.sh first")
+    if peers and not Path(peers_python).exists():
+        raise SystemExit(f"{peers_python} not found: run bash bench/peers_env.sh first")
     rows = []
     with tempfile.TemporaryDirectory(prefix="scale-peers-") as tmp:
         folder = Path(tmp)
@@ -124,7 +127,7 @@ def compare(n: int, tools: tuple[str, ...] = PEERS, seed: int = 0, workers: int 
         s = settings(config, workers)
         settings_path.write_text(json.dumps(s))
         for tool in ("assay", *peers):
-            res = run_one(tool, folder, settings_path)
+            res = run_one(tool, folder, settings_path, peers_python)
             if "labels" in res:
                 labels = res.pop("labels")
                 res["score"] = score(labels, planted, truth_j, config.threshold)

@@ -83,14 +83,17 @@ def write_inputs(docs: list[str], folder: Path, shards: int) -> None:
     (folder / "shards.json").write_text(json.dumps(np.diff(bounds).tolist()))
 
 
-def run_one(tool: str, folder: Path, settings_path: Path, peers_python: Path = PEERS_PYTHON) -> dict:
+def run_one(tool: str, folder: Path, settings_path: Path, peers_python: Path = PEERS_PYTHON,
+            timeout_s: int | None = None) -> dict:
     """One tool in a fresh process: its figures and labels, or the error it stopped with."""
     python = sys.executable if tool == "assay" else str(peers_python)
+    # coreutils' timeout reaps the tool, so wait4 on it still reports the tool's peak RSS
+    limit = ["timeout", str(timeout_s)] if timeout_s else []
     out = folder / f"{tool}.json"
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(folder / f"{tool}.stderr", "w+") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([python, str(HERE / "peers_driver.py"), tool, str(folder), str(out),
+        proc = subprocess.Popen([*limit, python, str(HERE / "peers_driver.py"), tool, str(folder), str(out),
                                  str(settings_path)], env=env, stdout=subprocess.DEVNULL, stderr=err)
         # wait4's rusage is this child's alone (its own and its reaped workers' largest RSS), unlike
         # RUSAGE_CHILDREN, a running maximum over every child this process has reaped so far
@@ -101,6 +104,8 @@ def run_one(tool: str, folder: Path, settings_path: Path, peers_python: Path = P
         tail = err.read()[-3000:]
     if proc.returncode != 0:
         last = tail.strip().splitlines()[-1] if tail.strip() else f"exit {proc.returncode}"
+        if timeout_s and proc.returncode == 124:
+            last = f"stopped after the {timeout_s} s limit"
         return {"tool": tool, "error": last, "stderr_tail": tail}
     got = json.loads(out.read_text())
     return {"tool": tool, "wall_s": got["seconds"], "process_s": process_s,
@@ -108,7 +113,7 @@ def run_one(tool: str, folder: Path, settings_path: Path, peers_python: Path = P
 
 
 def compare(n: int, tools: tuple[str, ...] = PEERS, seed: int = 0, workers: int = 2,
-            peers_python: Path = PEERS_PYTHON) -> dict:
+            peers_python: Path = PEERS_PYTHON, timeout_s: int | None = None) -> dict:
     """Every tool on the same n synthesised records; figures per tool and Assay's speed ratio.
     `peers_python`: the interpreter the peers run with (the suite's test runs datasketch, a test
     dependency, with its own)."""
@@ -127,7 +132,7 @@ def compare(n: int, tools: tuple[str, ...] = PEERS, seed: int = 0, workers: int 
         s = settings(config, workers)
         settings_path.write_text(json.dumps(s))
         for tool in ("assay", *peers):
-            res = run_one(tool, folder, settings_path, peers_python)
+            res = run_one(tool, folder, settings_path, peers_python, timeout_s)
             if "labels" in res:
                 labels = res.pop("labels")
                 res["score"] = score(labels, planted, truth_j, config.threshold)
@@ -181,9 +186,11 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=20_000)
     ap.add_argument("--tools", default=",".join(PEERS), help="peers to run, comma-separated (Assay always runs)")
     ap.add_argument("--workers", type=int, default=2, help="worker processes for datatrove and text-dedup")
+    ap.add_argument("--tool-timeout", type=int, default=None, help="stop a tool after this many seconds")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
-    figures = compare(args.records, tuple(t for t in args.tools.split(",") if t), workers=args.workers)
+    figures = compare(args.records, tuple(t for t in args.tools.split(",") if t), workers=args.workers,
+                      timeout_s=args.tool_timeout)
     print(table(figures))
     write_json(args.json_out, figures)
 

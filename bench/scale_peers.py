@@ -33,8 +33,10 @@ after the other, with Assay's MinHashConfig defaults mapped onto its own setting
 
 Measured per tool: `wall s`, the tool's own work (reading its input included; the interpreter's
 start, imports and reading back the clusters not); `process s`, the whole child process; peak RSS,
-the largest resident set of the child or of any of its worker processes (getrusage of that child,
-not a sum over workers); precision/recall on the planted pairs by minhash_bench.py's `score`.
+the largest resident set of the child or of a worker it reaped (wait4), and tree RSS, the largest
+sum over the child and all its descendants (sampled from /proc every 0.2 s; shared pages count once
+per process, so forked workers are overcounted); precision/recall on the planted pairs by
+minhash_bench.py's `score`.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -58,6 +61,7 @@ from assay.auditors.minhash_lsh import optimal_bands_rows
 
 HERE = Path(__file__).resolve().parent
 PEERS_PYTHON = HERE / ".venv-peers" / "bin" / "python"
+PAGE = os.sysconf("SC_PAGE_SIZE")
 # "@t": the same tool with its banding tuned for the threshold itself (datasketch's and text-dedup's own
 # choice for --threshold 0.8, weights 0.5/0.5): fairer to the tools that verify no candidate
 PEERS = ("datatrove", "text-dedup", "datasketch", "datatrove@t", "text-dedup@t")
@@ -83,6 +87,41 @@ def write_inputs(docs: list[str], folder: Path, shards: int) -> None:
     (folder / "shards.json").write_text(json.dumps(np.diff(bounds).tolist()))
 
 
+class TreeRss(threading.Thread):
+    """Largest sum of the resident sets of a process and all its descendants, sampled from /proc every
+    `every` seconds. wait4's ru_maxrss misses workers that the child does not reap itself (datatrove's
+    forkserver pool: its workers are the forkserver's children) and never adds workers running together."""
+
+    def __init__(self, pid: int, every: float = 0.2):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak, self.stop = pid, every, 0, threading.Event()
+
+    def tree_bytes(self) -> int:
+        children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    stat = Path(entry.path, "stat").read_text()
+                except OSError:
+                    continue
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+        total, todo = 0, [self.pid]
+        while todo:
+            pid = todo.pop()
+            todo.extend(children.get(pid, ()))
+            try:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+            except OSError:
+                pass
+        return total
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.tree_bytes())
+            self.stop.wait(self.every)
+
+
 def run_one(tool: str, folder: Path, settings_path: Path, peers_python: Path = PEERS_PYTHON,
             timeout_s: int | None = None) -> dict:
     """One tool in a fresh process: its figures and labels, or the error it stopped with."""
@@ -95,10 +134,14 @@ def run_one(tool: str, folder: Path, settings_path: Path, peers_python: Path = P
         start = time.perf_counter()
         proc = subprocess.Popen([*limit, python, str(HERE / "peers_driver.py"), tool, str(folder), str(out),
                                  str(settings_path)], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        sampler = TreeRss(proc.pid)
+        sampler.start()
         # wait4's rusage is this child's alone (its own and its reaped workers' largest RSS), unlike
         # RUSAGE_CHILDREN, a running maximum over every child this process has reaped so far
         _, status, usage = os.wait4(proc.pid, 0)
         process_s = time.perf_counter() - start
+        sampler.stop.set()
+        sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         tail = err.read()[-3000:]
@@ -109,7 +152,8 @@ def run_one(tool: str, folder: Path, settings_path: Path, peers_python: Path = P
         return {"tool": tool, "error": last, "stderr_tail": tail}
     got = json.loads(out.read_text())
     return {"tool": tool, "wall_s": got["seconds"], "process_s": process_s,
-            "peak_rss_mb": usage.ru_maxrss / 1024, "labels": np.array(got["labels"])}
+            "peak_rss_mb": usage.ru_maxrss / 1024, "peak_tree_rss_mb": sampler.peak / 2**20,
+            "labels": np.array(got["labels"])}
 
 
 def compare(n: int, tools: tuple[str, ...] = PEERS, seed: int = 0, workers: int = 2,
@@ -155,7 +199,8 @@ def _line(r: dict) -> str:
     if "error" in r:
         return f"FAILED: {r['error']}"
     p = r["score"]["all_planted"]
-    return (f"{r['wall_s']:.2f} s (process {r['process_s']:.2f} s), peak RSS {r['peak_rss_mb']:.0f} MB, "
+    return (f"{r['wall_s']:.2f} s (process {r['process_s']:.2f} s), peak RSS {r['peak_rss_mb']:.0f} MB "
+            f"(process tree {r['peak_tree_rss_mb']:.0f} MB), "
             f"P={p['precision']} R={p['recall']}, {r['duplicates']} flagged, "
             f"{r['score']['flagged_not_planted']} not planted")
 
@@ -164,14 +209,15 @@ def table(figures: dict) -> str:
     lines = [f"{figures['records']:,} records, {figures['planted_pairs']:,} planted pairs "
              f"({figures['planted_at_or_above_threshold']:,} with true Jaccard >= threshold); settings "
              f"{figures['settings']}",
-             "| tool | wall s | process s | peak RSS MB | precision | recall | flagged not planted |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| tool | wall s | process s | peak RSS MB | tree RSS MB | precision | recall | flagged not planted |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in figures["tools"]:
         if "error" in r:
-            lines.append(f"| {r['tool']} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {r['tool']} | failed: {r['error']} | | | | | | |")
             continue
         p = r["score"]["all_planted"]
         lines.append(f"| {r['tool']} | {r['wall_s']:.2f} | {r['process_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['peak_tree_rss_mb']:.0f} | "
                      f"{p['precision']} | {p['recall']} | {r['score']['flagged_not_planted']} |")
     ratio = figures["assay_speed_over_fastest_peer"]
     if ratio:

@@ -25,7 +25,7 @@ def test_peer_harness_measures_and_scores_each_tool_in_its_own_process():
         # the tool's own section is inside its process's lifetime, and a Python process with numpy
         # loaded has tens of MB resident
         assert 0 < r["wall_s"] < r["process_s"], r
-        assert r["peak_rss_mb"] > 30, r
+        assert r["peak_rss_mb"] > 30 and r["peak_tree_rss_mb"] > 30, r
         assert r["duplicates"] > 0, r
     assert rows["assay"]["score"]["all_planted"]["recall"] >= 0.95
     # datasketch decides by the estimate, so it is near but not always at Assay's figures

@@ -14,7 +14,7 @@
 #   extra). Those three are installed alone rather than the whole [processing]/[io] extras (fasttext,
 #   trafilatura, nltk, warcio, ...), which the MinHash steps never import.
 # - text-dedup 0.4.0: `python -m text_dedup.minhash`. Installed with its declared requirements, which
-#   include pyspark (a ~400 MB sdist, for its Spark variant) and unisim (+ onnxruntime, usearch), unused
+#   include pyspark (491 MB installed, for its Spark variant) and unisim (+ onnxruntime, usearch), unused
 #   by the single-machine MinHash run; it pins urllib3<=2.0.
 # - datasketch 2.0.0: the reference pipeline in bench/minhash_reference.py.
 set -euo pipefail

@@ -49,14 +49,12 @@ def audit(version: Annotated[str, typer.Argument(help="version to audit")],
 
     def render(r):
         steps = r["steps"]
-        split = steps.get("map", {}).get("split", {})
-        read = split.get("read", 0.0) + steps.get("read", {}).get("seconds", 0.0)
+        read = sum(step.get("read_seconds", 0.0) for step in steps.values()) + steps.get("read", {}).get("seconds", 0.0)
         out.print(f"audited {r['ref']} ({r['records']} records; read in {read:.1f} s)")
         for name, summary in r["auditors"].items():
             figures = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) and k != "config"}
-            step = steps[name]
-            # a streaming auditor's time is its share of the part-by-part map plus its reduce
-            seconds = step["seconds"] + split.get(name, 0.0)
+            step = steps[name]  # a streaming auditor's seconds: its pass over the parts and its reduce
+            seconds = step["seconds"]
             out.print(f"  {name:<14} " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in figures.items())
                       + f"  ({seconds:.1f} s, peak RSS {step['peak_rss_mb']:,.0f} MB)")

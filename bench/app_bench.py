@@ -174,7 +174,7 @@ def main(args: argparse.Namespace) -> dict:
                   f"peak {results['assay'][step]['peak_rss_mb']:7.0f} MB  "
                   f"({results['assay'][step]['count']:,} rows match)",
                   flush=True)
-        for lib in ("pandas", "polars"):
+        for lib in args.baselines.split(","):
             for step in ("first_page", "filter", "search"):
                 r = run_child("naive", paths=paths, lib=lib, step=step, threshold=threshold)
                 results[lib][step] = r
@@ -186,6 +186,8 @@ def main(args: argparse.Namespace) -> dict:
         print("\nstep          assay s   pandas s  ratio   polars s  ratio   assay peak MB  pandas peak MB")
         for step in ("first_page", "filter", "search"):
             a = results["assay"][step]
+            if not (results["pandas"] and results["polars"]):  # a baseline left out: its figures above only
+                continue
             p, q = results["pandas"][step], results["polars"][step]
             summary["ratios"][step] = {"pandas_over_assay": p["seconds"] / a["seconds"],
                                        "polars_over_assay": q["seconds"] / a["seconds"]}
@@ -218,4 +220,6 @@ if __name__ == "__main__":
     parser.add_argument("--json-out", help="write the figures here as JSON")
     parser.add_argument("--ws", help="use this workspace's version (with an exact audit) instead of synthesising")
     parser.add_argument("--version", default="bench", help="the version to review with --ws")
+    parser.add_argument("--baselines", default="pandas,polars",
+                        help="naive apps to run beside (pandas needs ~10x the data's size in memory at 10M)")
     main(parser.parse_args())

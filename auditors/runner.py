@@ -16,11 +16,12 @@ import polars as pl
 from assay.core.audits import save_audit
 from assay.core.errors import AssayError
 from assay.core.progress import progress
+from assay.core.ray_cluster import resolve_engine
 from assay.core.records import with_text
 from assay.core.store import Store
 
 from .base import AuditContext, Auditor, AuditResult, VersionRows
-from .engine_ray import map_by_part_on_ray, resolve_engine
+from .engine_ray import map_by_part_on_ray
 
 # name -> "module:Class"; each auditor is one file under auditors/
 REGISTRY: dict[str, str] = {

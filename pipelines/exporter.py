@@ -23,8 +23,9 @@ import pyarrow.parquet as pq
 
 from assay.core.errors import AssayError
 from assay.core.progress import progress
+from assay.core.ray_cluster import connect, resolve_engine
 from assay.core.records import export_row
-from assay.core.store import Store
+from assay.core.store import Manifest, Part, Store
 
 EXPORT_FORMATS = ("jsonl", "json", "parquet", "hf-disk", "hf")
 EXPORT_BATCH_ROWS = 50_000  # rows converted to Arrow at a time: bounds an export's memory
@@ -37,6 +38,11 @@ class ExportConfig:
                 "Hub, a path without extension is a saved HF dataset)"})
     provenance: bool = field(default=False, metadata={
         "help": "add '_id' and '_provenance' to every row (source, generator, model, parents)"})
+    engine: str | None = field(default=None, metadata={
+        "help": "local, or ray: each part's rows turned into JSON lines by a Ray task (jsonl and json only); "
+                "default $ASSAY_ENGINE (formats ray cannot write then run locally), else local"})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "the Ray cluster's head (host:port); default $RAY_ADDRESS, else a local cluster"})
 
 
 def _format_of(path: str) -> str:
@@ -59,14 +65,45 @@ def iter_export_rows(store: Store, ref: str, provenance: bool = False, bar=None)
     for frame in store.iter_frames(ref):
         if bar is not None:
             bar.advance(frame.height)
-        for row in frame.iter_rows(named=True):
-            out = export_row(row)
-            if provenance:
-                out["_id"] = row["id"]
-                out["_provenance"] = {k: row[k] for k in ("source", "source_row", "generator", "template",
-                                                         "model", "parent_ids")}
-                out["_provenance"]["sampling_params"] = json.loads(row["sampling_params"] or "{}")
-            yield out
+        yield from _export_rows(frame, provenance)
+
+
+def _export_rows(frame, provenance: bool) -> Iterator[dict[str, Any]]:
+    for row in frame.iter_rows(named=True):
+        out = export_row(row)
+        if provenance:
+            out["_id"] = row["id"]
+            out["_provenance"] = {k: row[k] for k in ("source", "source_row", "generator", "template",
+                                                     "model", "parent_ids")}
+            out["_provenance"]["sampling_params"] = json.loads(row["sampling_params"] or "{}")
+        yield out
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False)
+
+
+def _part_lines(url: str, catalog_path: str, part: Part, provenance: bool) -> list[str]:
+    """On a Ray worker: one part's rows as JSON lines, read straight from the workspace storage."""
+    return [_json_line(row) for row in _export_rows(Store(url, catalog_path).read_part(part), provenance)]
+
+
+def _lines_on_ray(store: Store, manifest: Manifest, provenance: bool, address: str | None, bar) -> Iterator[str]:
+    """The version's JSON lines in order, each part converted by a Ray task; a few parts in flight
+    at a time (twice the cluster's CPUs), so the driver holds a bounded number of parts."""
+    ray = connect(address)
+    task = ray.remote(max_retries=3)(_part_lines)
+    window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    parts, refs = manifest.parts, {}
+    try:
+        for k in range(len(parts)):
+            for j in range(len(refs) + k, min(k + window, len(parts))):
+                refs[j] = task.remote(store.url, str(store.catalog.path), parts[j], provenance)
+            lines = ray.get(refs.pop(k))
+            bar.advance(len(lines))
+            yield from lines
+    except ray.exceptions.RayError as exc:
+        raise AssayError(f"the Ray engine failed exporting {manifest.ref}: {exc}") from exc
 
 
 def _tmp_beside(path: str) -> str:
@@ -84,12 +121,20 @@ def export_version(store: Store, ref: str, path: str, config: ExportConfig | Non
     if fmt == "hf-disk" and os.path.exists(path):
         raise AssayError(f"{path}: already exists; choose a new folder for a saved dataset")
 
+    engine = resolve_engine(config.engine)
+    if engine == "ray" and fmt not in ("jsonl", "json"):
+        if config.engine:
+            raise AssayError(f"the ray engine exports jsonl and json, not {fmt}: use --engine local")
+        engine = "local"  # ASSAY_ENGINE=ray names where work may go, not a format the user cannot get
+
     def rows(bar=None) -> Iterator[dict[str, Any]]:
         return iter_export_rows(store, manifest.id, config.provenance, bar)
 
     with progress(f"exporting {manifest.ref}", total=manifest.records) as bar:
         if fmt in ("jsonl", "json"):
-            _write_json(path, fmt, rows(bar))
+            lines = (_lines_on_ray(store, manifest, config.provenance, config.ray_address, bar) if engine == "ray"
+                     else map(_json_line, rows(bar)))
+            _write_json(path, fmt, lines)
         elif fmt == "parquet":
             _write_parquet(path, rows, bar)
         else:
@@ -97,18 +142,19 @@ def export_version(store: Store, ref: str, path: str, config: ExportConfig | Non
     return {"version": manifest.id, "ref": manifest.ref, "path": path, "format": fmt, "records": manifest.records}
 
 
-def _write_json(path: str, fmt: str, rows: Iterator[dict[str, Any]]) -> None:
+def _write_json(path: str, fmt: str, lines: Iterator[str]) -> None:
+    """`lines`: each row already as one line of JSON."""
     tmp = _tmp_beside(path)
     try:
         with fsspec.open(tmp, "wt", compression="gzip" if path.endswith(".gz") else None,
                          encoding="utf-8") as fh:
             if fmt == "jsonl":
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                for line in lines:
+                    fh.write(line + "\n")
             else:
                 fh.write("[\n")
-                for i, row in enumerate(rows):
-                    fh.write((",\n" if i else "") + json.dumps(row, ensure_ascii=False))
+                for i, line in enumerate(lines):
+                    fh.write((",\n" if i else "") + line)
                 fh.write("\n]\n")
         os.replace(tmp, path)
     finally:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from assay.app.cli.common import JsonFlag, current_store, out, run_command
+from assay.app.cli.common import EngineOption, JsonFlag, RayAddressOption, current_store, out, run_command
 from assay.auditors.report import write_report
 from assay.auditors.runner import auditor_class, make_auditor, run_audit
 from assay.core.errors import AssayError
@@ -23,12 +23,8 @@ def audit(version: Annotated[str, typer.Argument(help="version to audit")],
                                   "or hf:ID")] = None,
           option: Annotated[Optional[list[str]], typer.Option(
               "--option", "-o", help="auditor setting AUDITOR.FIELD=VALUE, e.g. minhash.threshold=0.8")] = None,
-          engine: Annotated[Optional[str], typer.Option(
-              "--engine", help="where the per-record work runs: local (this process) or ray (a Ray cluster); "
-                               "default $ASSAY_ENGINE, else local")] = None,
-          ray_address: Annotated[Optional[str], typer.Option(
-              "--ray-address", help="the Ray cluster's head (host:port) for --engine ray; default $RAY_ADDRESS, "
-                                    "else a local cluster started for this run")] = None,
+          engine: EngineOption = None,
+          ray_address: RayAddressOption = None,
           as_json: JsonFlag = False) -> None:
     """Run auditors on a version; results become columns for `assay filter --where`."""
 

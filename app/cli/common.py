@@ -18,6 +18,13 @@ from assay.core.store import Store, default_workspace
 out = Console(highlight=False, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")]
+# --engine / --ray-address, shared by the commands that can run on a Ray cluster (docs/cluster.md)
+EngineOption = Annotated[Optional[str], typer.Option(
+    "--engine", help="where the per-record work runs: local (this machine) or ray (a Ray cluster); "
+                     "default $ASSAY_ENGINE, else local")]
+RayAddressOption = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="the Ray cluster's head (host:port) for --engine ray; default $RAY_ADDRESS, "
+                          "else a local cluster started for this run")]
 _state: dict[str, Any] = {}
 
 

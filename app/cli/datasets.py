@@ -8,7 +8,15 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from assay.app.cli.common import JsonFlag, current_store, out, records_table, run_command
+from assay.app.cli.common import (
+    EngineOption,
+    JsonFlag,
+    RayAddressOption,
+    current_store,
+    out,
+    records_table,
+    run_command,
+)
 from assay.core.audits import filter_version
 from assay.core.options import help_texts
 from assay.pipelines.demo import run_demo
@@ -138,10 +146,12 @@ def export(version: Annotated[str, typer.Argument(help="version to export")],
            fmt: Annotated[Optional[str], typer.Option("--format", help="jsonl, json, parquet, hf-disk, hf")] = None,
            provenance: Annotated[bool, typer.Option(
                "--provenance", help="add _id and _provenance to every row")] = False,
+           engine: EngineOption = None,  # ray: jsonl and json only
+           ray_address: RayAddressOption = None,
            as_json: JsonFlag = False) -> None:
     """Write a version to a file or dataset."""
-    run_command(as_json, lambda: export_version(current_store(), version, path,
-                                                ExportConfig(format=fmt, provenance=provenance)),
+    config = ExportConfig(format=fmt, provenance=provenance, engine=engine, ray_address=ray_address)
+    run_command(as_json, lambda: export_version(current_store(), version, path, config),
                 lambda r: out.print(f"wrote {r['records']} records of {r['ref']} to {r['path']} ({r['format']})"))
 
 

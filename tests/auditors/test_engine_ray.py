@@ -142,3 +142,33 @@ def test_a_cluster_that_is_not_there_is_a_clear_error_and_changes_nothing(cli, t
     assert latest_audits(Store(cli.workspace), "t") == []
     unknown = cli("audit", "t", "--engine", "spark", check=False)
     assert unknown.returncode == 1 and "unknown engine 'spark': engines are local, ray" in unknown.stderr
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_an_export_on_ray_is_byte_for_byte_the_local_export(local_cluster, store, shared_data, tmp_path,
+                                                           monkeypatch, fmt):
+    import assay.core.store as store_module
+    from assay.pipelines.exporter import ExportConfig, export_version
+
+    monkeypatch.setattr(store_module, "SEGMENT_ROWS", 400)  # a dozen parts, more than the tasks in flight
+    version = imported_version(store, "code", codealpaca(shared_data)[:4500])
+    child = store.filter(version.id, "length(output) % 3 <> 0", "code")  # selection bitmaps on every part
+    assert len(child.parts) >= 10
+    local = tmp_path / f"local.{fmt}"
+    on_ray = tmp_path / f"ray.{fmt}"
+    export_version(store, child.id, str(local), ExportConfig(provenance=True))
+    export_version(store, child.id, str(on_ray), ExportConfig(provenance=True, engine="ray"))
+    assert on_ray.read_bytes() == local.read_bytes()
+    assert local.stat().st_size > 100_000
+
+
+def test_an_export_format_ray_cannot_write_is_refused_when_asked_for(local_cluster, store, tmp_path, monkeypatch):
+    from assay.core.errors import AssayError
+    from assay.pipelines.exporter import ExportConfig, export_version
+
+    version = imported_version(store, "t", [{"instruction": "a", "output": "b"}])
+    with pytest.raises(AssayError, match="the ray engine exports jsonl and json, not parquet"):
+        export_version(store, version.id, str(tmp_path / "o.parquet"), ExportConfig(engine="ray"))
+    assert not (tmp_path / "o.parquet").exists()
+    monkeypatch.setenv("ASSAY_ENGINE", "ray")  # a default, not a demand: parquet is written locally
+    assert export_version(store, version.id, str(tmp_path / "o.parquet"))["records"] == 1

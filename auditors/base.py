@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -108,6 +109,8 @@ class AuditContext:
     _layout: Layout | None = field(default=None, repr=False)
     # the record cache's hits and misses of each streaming auditor's map, filled by the runner
     map_cache: dict[str, dict[str, int]] = field(default_factory=dict)
+    # the seconds each streaming auditor's map took (summed over the parts, and over workers on Ray)
+    map_seconds: dict[str, float] = field(default_factory=dict)
 
     def layout(self) -> Layout | None:
         if self._layout is None and self.manifest is not None:
@@ -163,6 +166,10 @@ class Auditor(ABC):
         auditor itself, unless only some of its settings change the per-record results."""
         return self
 
+    def wants_gpu(self) -> bool:
+        """Whether `map` runs a model that a GPU speeds up (the Ray engine then asks for one)."""
+        return False
+
     def map(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Per-record results of a batch: `id`, then result columns; one row per batch row."""
         raise NotImplementedError
@@ -178,6 +185,8 @@ class Auditor(ABC):
         self.validate()
         self.prepare(ctx)
         cache = ctx.cached(self.map_key())
+        started = time.perf_counter()
         mapped = cache.get_or_compute(records.select("id", *self.map_columns()), self.map)
         ctx.map_cache[self.name] = {"hits": cache.hits, "misses": cache.misses}
+        ctx.map_seconds[self.name] = time.perf_counter() - started
         return self.reduce(mapped.drop("id"), FrameRows(records), ctx)

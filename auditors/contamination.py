@@ -131,7 +131,6 @@ class Contamination(Auditor):
         if not isinstance(cfg.threshold, (int, float)) or not 0 < cfg.threshold <= 1:
             raise AssayError(f"contamination: threshold must be a cosine similarity in (0, 1], not {cfg.threshold!r}")
         check_search(cfg, "contamination")
-        self.search: dict | None = None  # what the semantic tier's search ran, for the summary
 
     # streaming: per-record hits in `map`, batch by batch; summary, judge and evidence in `reduce`
 
@@ -141,7 +140,6 @@ class Contamination(Auditor):
         self._benchmarks = load_benchmarks(list(cfg.benchmarks))
         self._items = benchmark_items(self._benchmarks)
         self._index: BenchmarkIndex | None = None  # built on the first batch that is not cached
-        self.search = None
 
     def map_key(self) -> MapKey:
         # hits depend on the benchmark texts too; and flags follow the vectors: `auto` is torch on a
@@ -153,6 +151,9 @@ class Contamination(Auditor):
     def map_columns(self) -> list[str]:
         return [self.config.column]
 
+    def wants_gpu(self) -> bool:
+        return bool(self.config.semantic)  # the semantic tier embeds in map
+
     def map(self, batch: pl.DataFrame) -> pl.DataFrame:
         if self._index is None:
             self._index = BenchmarkIndex(self._items, self.config.ngram)
@@ -163,8 +164,8 @@ class Contamination(Auditor):
         items = self._items
         found = mapped.with_row_index("row")
         columns = mapped.select(COLUMNS)
-        cached = ctx.map_cache.get(self.name, {}).get("hits", 0)
-        summary = self._summary(found, rows, self._benchmarks, items, cached)
+        counts = ctx.map_cache.get(self.name, {})
+        summary = self._summary(found, rows, self._benchmarks, items, counts.get("hits", 0), counts.get("misses", 0))
         if cfg.llm_judge:
             verdicts, judge_summary = self._judge(found, rows, items, ctx)
             columns = columns.with_columns(contamination_judge=verdicts).with_columns(
@@ -229,8 +230,7 @@ class Contamination(Auditor):
         bench = embed_records(ctx, keyed, "benchmark_text", cfg.model, backend=cfg.backend)
         vectors = embed_records(ctx, missing, cfg.column, cfg.model, backend=cfg.backend)
         # the benchmark items are the searched set: exact below exact_below items, else an HNSW graph
-        sims, nearest, info = knn(bench, vectors, 1, options_of(cfg))
-        self.search = info.as_dict()
+        sims, nearest, _ = knn(bench, vectors, 1, options_of(cfg))
         return np.clip(sims[:, 0].astype(np.float64), -1.0, 1.0), nearest[:, 0]
 
     # tier (c): the LLM judge -------------------------------------------------------------------
@@ -274,7 +274,7 @@ class Contamination(Auditor):
     # summary and details ---------------------------------------------------------------------
 
     def _summary(self, found: pl.DataFrame, rows: Rows, benchmarks: list[Benchmark],
-                 items: pl.DataFrame, cached: int) -> dict:
+                 items: pl.DataFrame, cached: int, computed: int) -> dict:
         cfg: ContaminationConfig = self.config
         flagged = found.filter(pl.col("contamination_flagged"))
         short = (tokenize(items["text"]).list.len() < cfg.ngram).to_numpy()
@@ -306,18 +306,16 @@ class Contamination(Auditor):
             "benchmark_items": items.height,
             "benchmark_fingerprint": fingerprint(items),
             "cached_records": cached,
-            "search": self._search_summary(items.height) if cfg.semantic else None,
+            "search": self._search_summary(items.height, computed) if cfg.semantic else None,
             "benchmarks": per,
             "examples": examples,
         }
 
-    def _search_summary(self, items: int) -> dict:
-        """What the semantic tier's nearest-item search ran; when every record came from the cache,
-        what it would run (with 0 queries)."""
-        if self.search is not None:
-            return self.search
+    def _search_summary(self, items: int, queries: int) -> dict:
+        """What the semantic tier's nearest-item search ran over the audit's `queries` records that
+        were not cached (the maps ran part by part, maybe on Ray workers, so it is rebuilt here)."""
         opts = options_of(self.config)
-        return SearchInfo(method_for(items, opts), opts, items, 0).as_dict()
+        return SearchInfo(method_for(items, opts), opts, items, queries).as_dict()
 
     def _with_rows(self, found: pl.DataFrame, rows: Rows, text: str = "record_text") -> pl.DataFrame:
         """`found`'s rows (a `row` column: version positions) with each record's id and text, read

@@ -43,9 +43,9 @@ import polars as pl
 
 from assay.core.errors import AssayError
 
-from .base import AuditContext, Auditor, AuditResult
+from .base import AuditContext, AuditResult, Rows
 from .embedding_backends import BACKEND_HELP, check_backend
-from .embeddings import DEFAULT_MODEL, embed_for, embedding_summary
+from .embeddings import DEFAULT_MODEL, EmbeddingAuditor, embedding_summary
 from .neighbours import SearchOptions, check_search, knn, options_of
 
 COLUMNS = ("text", "prompt", "response")
@@ -195,19 +195,38 @@ def map_2d(vectors: np.ndarray, method: str) -> np.ndarray:
     return PCA(n_components=2, random_state=SEED).fit_transform(x).astype(np.float64)
 
 
+class DistinctNgrams:
+    """distinct-n over texts given block by block: the unique word n-grams seen so far and the count
+    of all of them (n-grams do not cross texts or blocks)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.seen = pl.Series("g", [], dtype=pl.String)
+        self.total = 0
+
+    def add(self, texts: pl.Series) -> "DistinctNgrams":
+        words = (pl.DataFrame({"w": texts.fill_null("").str.to_lowercase().str.extract_all(WORD)})
+                 .with_row_index("doc").explode("w").drop_nulls("w"))
+        if self.n == 1:
+            grams = words["w"].rename("g")
+        else:
+            parts = [pl.col("w").shift(-k).over("doc") for k in range(self.n)]
+            grams = words.select(g=pl.concat_str(parts, separator=" "))["g"].drop_nulls()  # null: past the end
+        self.total += grams.len()
+        if grams.len():
+            self.seen = pl.concat([self.seen, grams.unique()]).unique()
+        return self
+
+    def result(self) -> dict[str, Any]:
+        unique = self.seen.len()
+        return {"unique": int(unique), "total": int(self.total),
+                "ratio": unique / self.total if self.total else 0.0}
+
+
 def distinct_n(texts: pl.Series, n: int) -> dict[str, Any]:
     """Unique word n-grams / all word n-grams over `texts` (lowercased \\w+ words; n-grams stay
     inside a text): {"unique", "total", "ratio"} (ratio 0.0 when there is no n-gram)."""
-    words = (pl.DataFrame({"w": texts.fill_null("").str.to_lowercase().str.extract_all(WORD)})
-             .with_row_index("doc").explode("w").drop_nulls("w"))
-    if n == 1:
-        grams = words["w"]
-    else:
-        parts = [pl.col("w").shift(-k).over("doc") for k in range(n)]
-        grams = words.select(g=pl.concat_str(parts, separator=" "))["g"].drop_nulls()  # null: past the end
-    total = grams.len()
-    unique = grams.n_unique() if total else 0
-    return {"unique": int(unique), "total": int(total), "ratio": unique / total if total else 0.0}
+    return DistinctNgrams(n).add(texts).result()
 
 
 def length_stats(values: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -227,31 +246,55 @@ def length_stats(values: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
                    "last_bin_includes_above": round(top, 1)}
 
 
+class FirstWords:
+    """The first words (lowercased) of texts given block by block, counted."""
+
+    def __init__(self) -> None:
+        self.texts = 0
+        self.counts = pl.DataFrame(schema={"word": pl.String, "count": pl.UInt32})
+
+    def add(self, texts: pl.Series) -> "FirstWords":
+        self.texts += texts.len()
+        first = texts.fill_null("").str.to_lowercase().str.extract(r"^\W*(\w+)", 1).drop_nulls()
+        block = first.rename("word").value_counts(name="count").cast({"count": pl.UInt32})
+        self.counts = pl.concat([self.counts, block]).group_by("word").agg(pl.col("count").sum())
+        return self
+
+    def result(self, top: int) -> dict[str, Any]:
+        n = self.texts
+        counts = self.counts.sort(["count", "word"], descending=[True, False])
+        rows = [{"word": w, "count": int(c), "share": round(c / n, 4)} for w, c in counts.head(top).iter_rows()]
+        with_word = int(counts["count"].sum()) if counts.height else 0
+        return {
+            "top": rows,
+            "top_share": rows[0]["share"] if rows else 0.0,  # share of the single most common first word
+            "top_n_share": round(sum(r["count"] for r in rows) / n, 4) if n else 0.0,
+            "distinct": int(counts.height),
+            "without_word": int(n - with_word),
+        }
+
+
 def first_words(texts: pl.Series, top: int) -> dict[str, Any]:
     """The most common first words (lowercased) of `texts`, with their share of all texts."""
-    n = texts.len()
-    first = texts.fill_null("").str.to_lowercase().str.extract(r"^\W*(\w+)", 1).drop_nulls()
-    counts = first.value_counts(sort=True, name="count")
-    counts = counts.sort(["count", counts.columns[0]], descending=[True, False])
-    rows = [{"word": w, "count": int(c), "share": round(c / n, 4)} for w, c in counts.head(top).iter_rows()]
-    return {
-        "top": rows,
-        "top_share": rows[0]["share"] if rows else 0.0,  # share of the single most common first word
-        "top_n_share": round(sum(r["count"] for r in rows) / n, 4) if n else 0.0,
-        "distinct": int(counts.height),
-        "without_word": int(n - first.len()),
-    }
+    return FirstWords().add(texts).result(top)
 
 
-class Diversity(Auditor):
+# version rows read per block by the text figures (prompt and response of 100k records: ~100 MB)
+TEXT_BLOCK_ROWS = 100_000
+
+
+class Diversity(EmbeddingAuditor):
+    """Streaming: `map` embeds batch by batch (EmbeddingAuditor, on either engine); `reduce` computes
+    the figures over every row's vector, and the text figures over the version read block by block."""
+
     name = "diversity"
     Config = DiversityConfig
 
-    def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
+    def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:
         cfg: DiversityConfig = self.config
         t0 = time.perf_counter()
-        vectors, stats = embed_for(ctx, records, cfg)
-        n = records.height
+        vectors, stats = self.vectors_and_stats(mapped, ctx)
+        n = mapped.height
 
         k = auto_clusters(n) if cfg.clusters == "auto" else int(str(cfg.clusters))
         labels, _ = kmeans_labels(vectors, k)
@@ -259,20 +302,19 @@ class Diversity(Auditor):
         h = entropy(sizes)
         used = int((sizes > 0).sum())
         xy = map_2d(vectors, cfg.map_method)
+        text = self._text_figures(rows)
 
         columns = pl.DataFrame({"diversity_cluster": labels, "diversity_x": xy[:, 0], "diversity_y": xy[:, 1]})
         details = {
-            "map": pl.DataFrame({"id": records["id"], "x": xy[:, 0], "y": xy[:, 1], "cluster": labels}),
-            "clusters": self._clusters(records, labels, vectors),
+            "map": pl.DataFrame({"id": text["ids"], "x": xy[:, 0], "y": xy[:, 1], "cluster": labels}),
+            "clusters": self._clusters(rows, labels, vectors),
         }
-
-        prompt_chars, h_pc = length_stats(records["prompt"].str.len_chars().to_numpy())
-        prompt_words, h_pw = length_stats(records["prompt"].str.count_matches(r"\S+").to_numpy())
-        response_chars, h_rc = length_stats(records["response"].str.len_chars().to_numpy())
-        response_words, h_rw = length_stats(records["response"].str.count_matches(r"\S+").to_numpy())
-        d1, d2 = distinct_n(records["response"], 1), distinct_n(records["response"], 2)
-        instruction_openers = first_words(records["prompt"], cfg.top_openers)
-        response_openers = first_words(records["response"], cfg.top_openers)
+        prompt_chars, h_pc = length_stats(text["prompt_chars"])
+        prompt_words, h_pw = length_stats(text["prompt_words"])
+        response_chars, h_rc = length_stats(text["response_chars"])
+        response_words, h_rw = length_stats(text["response_words"])
+        d1, d2 = text["distinct_1"], text["distinct_2"]
+        instruction_openers, response_openers = text["instruction_openers"], text["response_openers"]
         mpd = mean_pairwise_cosine_distance(vectors)
         nearest, search = nearest_other(vectors, options_of(cfg))
         summary = {
@@ -308,28 +350,50 @@ class Diversity(Auditor):
             "column": cfg.column,
             "map_method": cfg.map_method,
             "embedding": embedding_summary(stats, n),
-            "seconds": round(time.perf_counter() - t0, 3),
+            "seconds": round(stats["seconds"] + time.perf_counter() - t0, 3),
         }
         return AuditResult(columns=columns, summary=summary, details=details)
 
-    def _clusters(self, records: pl.DataFrame, labels: np.ndarray, vectors: np.ndarray) -> pl.DataFrame:
+    def _text_figures(self, rows: Rows) -> dict[str, Any]:
+        """Lengths, distinct-n and first words over every record, the version read in blocks of
+        TEXT_BLOCK_ROWS rows (the ids too, for the map detail frame)."""
+        cfg: DiversityConfig = self.config
+        ids, lengths = [], {key: [] for key in ("prompt_chars", "prompt_words", "response_chars", "response_words")}
+        d1, d2, prompts, responses = DistinctNgrams(1), DistinctNgrams(2), FirstWords(), FirstWords()
+        for start in range(0, rows.height, TEXT_BLOCK_ROWS):
+            block = rows.at(np.arange(start, min(start + TEXT_BLOCK_ROWS, rows.height)), ["id", "prompt", "response"])
+            ids.append(block["id"])
+            for view in ("prompt", "response"):
+                lengths[f"{view}_chars"].append(block[view].str.len_chars().to_numpy())
+                lengths[f"{view}_words"].append(block[view].str.count_matches(r"\S+").to_numpy())
+            d1.add(block["response"])
+            d2.add(block["response"])
+            prompts.add(block["prompt"])
+            responses.add(block["response"])
+        return {"ids": pl.concat(ids) if ids else pl.Series("id", [], dtype=pl.String),
+                **{key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in lengths.items()},
+                "distinct_1": d1.result(), "distinct_2": d2.result(),
+                "instruction_openers": prompts.result(cfg.top_openers),
+                "response_openers": responses.result(cfg.top_openers)}
+
+    def _clusters(self, rows: Rows, labels: np.ndarray, vectors: np.ndarray) -> pl.DataFrame:
         """One row per cluster: size, share, and the member nearest the centroid as its example."""
         cfg: DiversityConfig = self.config
         x = _normalised(vectors)
-        n = records.height
-        rows = []
-        texts = records[cfg.column]
+        n = labels.size
+        found = []
         for c in np.unique(labels):
             members = np.flatnonzero(labels == c)
             centroid = x[members].mean(axis=0)
-            best = int(members[np.argmax(x[members] @ centroid)])
-            rows.append({"cluster": int(c), "size": int(members.size), "share": members.size / n,
-                         "example_pos": best, "example_id": records["id"][best],
-                         "example_text": (texts[best] or "")[:300]})
-        return pl.DataFrame(rows, schema={"cluster": pl.Int64, "size": pl.Int64, "share": pl.Float64,
-                                          "example_pos": pl.Int64, "example_id": pl.String,
-                                          "example_text": pl.String}).sort(["size", "cluster"],
-                                                                           descending=[True, False])
+            found.append((int(c), int(members.size), int(members[np.argmax(x[members] @ centroid)])))
+        examples = rows.at([best for _, _, best in found], ["id", cfg.column])  # only the examples are read
+        rows_out = [{"cluster": c, "size": size, "share": size / n, "example_pos": best,
+                     "example_id": examples["id"][i], "example_text": (examples[cfg.column][i] or "")[:300]}
+                    for i, (c, size, best) in enumerate(found)]
+        return pl.DataFrame(rows_out, schema={"cluster": pl.Int64, "size": pl.Int64, "share": pl.Float64,
+                                              "example_pos": pl.Int64, "example_id": pl.String,
+                                              "example_text": pl.String}).sort(["size", "cluster"],
+                                                                               descending=[True, False])
 
 
 __all__ = ["Diversity", "DiversityConfig", "distinct_n", "first_words", "mean_pairwise_cosine_distance",

@@ -26,6 +26,7 @@ import polars as pl
 
 from assay.core.errors import AssayError
 
+from .base import Auditor
 from .embedding_backends import backend_tag, gpu_present, load_exported, resolve_backend
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -269,15 +270,71 @@ def embed_records(ctx, records: pl.DataFrame, column: str = "text", model: str |
     return out
 
 
-def embed_for(ctx, records: pl.DataFrame, cfg) -> tuple[np.ndarray, dict[str, Any]]:
-    """What the embedding auditors (embed, diversity) start with: their config (`column`, `model`,
-    `batch_size`, `backend`, `validate()`) checked, and `records[cfg.column]` embedded through the
-    cache, with the call's figures (see `embed_records`)."""
-    cfg.validate()
-    stats: dict[str, Any] = {}
-    vectors = embed_records(ctx, records, cfg.column, cfg.model, batch_size=cfg.batch_size, stats=stats,
-                            backend=cfg.backend)
-    return vectors, stats
+class EmbeddingAuditor(Auditor):
+    """The map side the embedding auditors (embed, diversity) share, so each is a streaming auditor
+    and runs part by part on either engine: `map` is the vectors of the config's `column` (the
+    config also has `model`, `batch_size`, `backend` and `validate()`), and its record cache is the
+    shared embedding cache itself (`map_key`), so embed, diversity and contamination's semantic
+    tier find one another's vectors and nothing is stored twice."""
+
+    def validate(self) -> None:
+        self.config.validate()
+
+    def prepare(self, ctx) -> None:
+        cfg = self.config
+        started = time.perf_counter()
+        resolved = resolve_backend(cfg.backend)
+        self._encoder = None
+        if resolved != "torch":
+            # an export that fails falls back to torch with a warning: which one ran must be known
+            # before the cache is keyed, or torch vectors would be stored as another backend's
+            self._encoder = load_encoder(cfg.model, resolved, ctx.store)
+        self._backend = self._encoder.backend if self._encoder is not None else "torch"
+        self._fallback_from = resolved if self._backend != resolved else None
+        self._max_len = truncation(cfg.model)
+        self._store = ctx.store  # where an ONNX export is cached (a Ray worker prepares its own copy)
+        self._load_seconds = time.perf_counter() - started
+
+    def map_key(self) -> Any:
+        from .base import MapKey
+
+        cfg = self.config
+        # the namespace embed_records uses: embeddings/<model>/<backend tag>-<truncation>/<column>
+        return MapKey(f"embeddings/{model_key(cfg.model)}",
+                      f"{backend_tag(self._backend)}-{self._max_len}/{cfg.column}")
+
+    def map_columns(self) -> list[str]:
+        return [self.config.column]
+
+    def wants_gpu(self) -> bool:
+        return True
+
+    def map(self, batch: pl.DataFrame) -> pl.DataFrame:
+        cfg = self.config
+        if self._encoder is None:
+            self._encoder = load_encoder(cfg.model, self._backend, self._store)
+        texts = batch[cfg.column].fill_null("").to_list()
+        vectors = np.asarray(self._encoder.encode(texts, cfg.batch_size), dtype=np.float32)
+        return pl.DataFrame({"id": batch["id"], "vector": vectors})
+
+    def vectors_and_stats(self, mapped: pl.DataFrame, ctx) -> tuple[np.ndarray, dict[str, Any]]:
+        """Every row's vector (version order) as one float32 matrix, and the figures of the map
+        (as `embed_records` reports them) from the run's cache counts."""
+        vectors = mapped["vector"].to_numpy()
+        if vectors.ndim != 2:  # an empty frame, or vectors stored as lists
+            vectors = np.asarray(mapped["vector"].to_list(), dtype=np.float32).reshape(mapped.height, -1)
+        counts = ctx.map_cache.get(self.name, {})
+        computed, seconds = int(counts.get("misses", 0)), float(ctx.map_seconds.get(self.name, 0.0))
+        device = self._encoder.device if self._encoder is not None else ("cuda" if _has_cuda() else "cpu")
+        stats: dict[str, Any] = {
+            "rows": mapped.height, "unique_records": computed + int(counts.get("hits", 0)), "computed": computed,
+            "reused": int(counts.get("hits", 0)), "encode_seconds": seconds, "load_seconds": self._load_seconds,
+            "seconds": seconds + self._load_seconds, "backend": backend_tag(self._backend), "device": device,
+            "max_seq_length": self._max_len,
+            "records_per_s": computed / seconds if computed and seconds > 0 else None}
+        if self._fallback_from:
+            stats["fallback_from"] = self._fallback_from
+        return np.ascontiguousarray(vectors, dtype=np.float32), stats
 
 
 def embedding_summary(stats: dict[str, Any], rows: int) -> dict[str, Any]:

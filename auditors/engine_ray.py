@@ -9,6 +9,9 @@ What runs where:
   runs each auditor's `reduce` and commits the audit exactly as the local engine does: one commit,
   the same catalog. The reduce steps (grouping by key, MinHash clustering) run on the driver.
 
+A map that runs a model (the embedding auditors, contamination's semantic tier) asks for a GPU
+when the cluster has GPUs (`task_resources`), so embedding runs on the GPU nodes with torch.
+
 A task whose worker dies is retried by Ray (`max_retries`); a part's work is a pure function of its
 rows, and cache chunks are written atomically, so a retry gives the same results and nothing is
 committed twice. Auditors travel to the workers as fresh copies built from their configs.
@@ -38,7 +41,7 @@ def map_by_part_on_ray(store: Store, manifest, auditors: list[Auditor], ctx: Aud
     known = {a.name: ctx.cached(a.map_key()).cached_ids() for a in auditors}
     # fresh copies: a prepared auditor holds the driver's store (an open SQLite connection)
     shipped = [type(a)(copy.deepcopy(a.config)) for a in auditors]
-    task = ray.remote(max_retries=RETRIES)(_map_part_task)
+    task = ray.remote(max_retries=RETRIES)(_map_part_task).options(**task_resources(auditors, ray.cluster_resources()))
     known_ref = ray.put(known)
     pending = {task.remote(store.url, str(store.catalog.path), manifest, k, shipped, known_ref): k
                for k in range(len(manifest.parts))}
@@ -55,6 +58,14 @@ def map_by_part_on_ray(store: Store, manifest, auditors: list[Auditor], ctx: Aud
             ray.cancel(ref, force=True)
         raise AssayError(f"the Ray engine failed on {manifest.ref}: {exc}") from exc
     return combine([done[k] for k in range(len(manifest.parts))], auditors, ctx, seconds)
+
+
+def task_resources(auditors: list[Auditor], cluster: dict[str, float]) -> dict[str, float]:
+    """What one part's task asks Ray for: a GPU when an auditor's map runs a model (embeddings) and
+    the cluster has GPUs, so those tasks land on GPU nodes, one per GPU; else Ray's default CPU."""
+    if cluster.get("GPU", 0) > 0 and any(a.wants_gpu() for a in auditors):
+        return {"num_gpus": 1}
+    return {}
 
 
 def _map_part_task(url: str, catalog_path: str, manifest, k: int, auditors: list[Auditor], known: dict):

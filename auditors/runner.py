@@ -166,7 +166,9 @@ def combine(done: list[PartResult], auditors: list[Auditor], ctx: AuditContext,
         frames = [r.frames[a.name] for r in done]
         out[a.name] = pl.concat(frames, how="vertical_relaxed") if len(frames) > 1 else frames[0]
         ctx.map_cache[a.name] = {key: int(sum(r.counts[a.name][key] for r in done)) for key in ("hits", "misses")}
-        seconds[a.name] = seconds.get(a.name, 0.0) + sum(r.counts[a.name]["seconds"] for r in done)
+        map_seconds = sum(r.counts[a.name]["seconds"] for r in done)  # summed over workers on Ray
+        ctx.map_seconds[a.name] = map_seconds
+        seconds[a.name] = seconds.get(a.name, 0.0) + map_seconds
         for r in done:  # each part's frame is now in the combined one
             r.frames.pop(a.name)
     return out

@@ -8,9 +8,11 @@ integers..."), with its answer reworded. Exact copies are found too (their cosin
 
 Pipeline:
 
-1. Embeddings: `embed_records` (shared with the diversity and contamination auditors), cached by
-   record id, text view and model, so a record is embedded once across versions and auditors.
-   Vectors are L2-normalised: cosine similarity is a dot product.
+1. Embeddings: the auditor's `map` (EmbeddingAuditor, shared with diversity), batch by batch on
+   the local or the Ray engine, through the embedding cache that contamination's semantic tier
+   (`embed_records`) uses too: keyed by record id, text view, model, backend and truncation, so a
+   record is embedded once across versions and auditors. Vectors are L2-normalised: cosine
+   similarity is a dot product. The reduce holds every row's vector (1.5 KB a record at 384-d).
 2. Neighbour search (`auditors/neighbours.py`, shared with diversity and contamination). Below
    `exact_below` records (50k), exact all-pairs search in blocks: rows `a:b` against rows `0:b`
    (earlier rows and the block itself) as one float32 matrix product, with the pairs j >= i
@@ -39,9 +41,9 @@ import polars as pl
 
 from assay.core.errors import AssayError
 
-from .base import AuditContext, Auditor, AuditResult
+from .base import AuditContext, AuditResult, Rows
 from .embedding_backends import BACKEND_HELP, check_backend
-from .embeddings import DEFAULT_MODEL, embed_for, embedding_summary
+from .embeddings import DEFAULT_MODEL, EmbeddingAuditor, embedding_summary
 from .neighbours import Neighbours, SearchOptions, check_search, nearest_and_clusters, options_of
 
 TEXT_PREVIEW = 300
@@ -75,19 +77,21 @@ class EmbedConfig(SearchOptions):
         check_search(self, "embed")
 
 
-class SemanticDuplicates(Auditor):
+class SemanticDuplicates(EmbeddingAuditor):
+    """Streaming: `map` embeds batch by batch (EmbeddingAuditor, on either engine); `reduce` searches
+    and clusters over every row's vector, and reads only the example texts it shows."""
+
     name = "embed"
     Config = EmbedConfig
 
-    def run(self, records: pl.DataFrame, ctx: AuditContext) -> AuditResult:
+    def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:
         cfg: EmbedConfig = self.config
         t0 = time.perf_counter()
-        vectors, stats = embed_for(ctx, records, cfg)
-        t1 = time.perf_counter()
+        vectors, stats = self.vectors_and_stats(mapped, ctx)
         found = nearest_and_clusters(vectors, float(cfg.threshold), options=options_of(cfg))
-        search_seconds = time.perf_counter() - t1
+        search_seconds = time.perf_counter() - t0
 
-        n = records.height
+        n = mapped.height
         label = found.label
         positions = np.arange(n)
         duplicate = label != positions
@@ -107,24 +111,28 @@ class SemanticDuplicates(Auditor):
         }).with_columns(  # row 0 has no earlier row: null, not a made-up value
             embed_neighbor=pl.when(pl.col("embed_neighbor") >= 0).then(pl.col("embed_neighbor")),
             embed_neighbor_similarity=pl.col("embed_neighbor_similarity").fill_nan(None))
-        summary = self._summary(records, columns, found, stats, search_seconds, time.perf_counter() - t0)
+        summary = self._summary(rows, columns, found, stats, search_seconds,
+                                stats["seconds"] + time.perf_counter() - t0)
         return AuditResult(columns=columns, summary=summary)
 
-    def _summary(self, records: pl.DataFrame, columns: pl.DataFrame, found: Neighbours, stats: dict[str, Any],
+    def _summary(self, rows: Rows, columns: pl.DataFrame, found: Neighbours, stats: dict[str, Any],
                  search_seconds: float, seconds: float) -> dict[str, Any]:
         cfg: EmbedConfig = self.config
-        n = records.height
+        n = columns.height
         dup = int(columns["embed_duplicate"].sum())
         groups = (columns.with_row_index("pos").filter(pl.col("embed_cluster_size") > 1)
                   .group_by("embed_cluster").agg(size=pl.len(),
                                                  dup_pos=pl.col("pos").filter(pl.col("embed_duplicate")).first())
                   .sort(["size", "embed_cluster"], descending=[True, False]))
-        texts = records[cfg.column]
+        top = groups.head(5).select("embed_cluster", "size", "dup_pos").rows()
+        # the texts of the examples only, by position: the version is never read whole
+        wanted = sorted({int(p) for cl, _, pos in top for p in (cl, pos)})
+        texts = dict(zip(wanted, rows.at(wanted, [cfg.column])[cfg.column].to_list(), strict=True))
         sims = columns["embed_similarity"]
         examples = [{"cluster": int(cl), "size": int(size), "text": (texts[int(cl)] or "")[:TEXT_PREVIEW],
                      "duplicate_pos": int(pos), "duplicate_text": (texts[int(pos)] or "")[:TEXT_PREVIEW],
                      "similarity": round(float(sims[int(pos)]), 4)}
-                    for cl, size, pos in groups.head(5).select("embed_cluster", "size", "dup_pos").iter_rows()]
+                    for cl, size, pos in top]
         nn = columns["embed_neighbor_similarity"].drop_nulls().to_numpy()
         quantiles = ({f"p{q}": round(float(np.percentile(nn, q)), 4) for q in (50, 90, 99)}
                      | {"max": round(float(nn.max()), 4)}) if nn.size else {}

@@ -212,3 +212,19 @@ def test_first_words_and_lengths():
     assert stats["p50"] == 50.5 and stats["p5"] == pytest.approx(5.95, abs=0.05)
     assert sum(hist["counts"]) == 100 and len(hist["counts"]) == 20
     assert hist["edges"][0] == 0.0 and hist["edges"][-1] == pytest.approx(99.0, abs=0.1)  # p99; 100 in the last bin
+
+
+def test_text_figures_read_in_blocks_equal_the_whole_version(seeded, monkeypatch):
+    """The reduce reads the version TEXT_BLOCK_ROWS rows at a time: n-grams, first words and lengths
+    merged over blocks must be the figures of all the texts at once (a block of 7 rows, 400 rows)."""
+    from assay.auditors import diversity
+
+    store, version = seeded["store"], seeded["version"]
+    monkeypatch.setattr(diversity, "TEXT_BLOCK_ROWS", 7)
+    blocked = run_audit(store, version.id, [Diversity(PROMPT)])["auditors"]["diversity"]
+    whole, records = seeded["summary"], with_text(store.read(version.id))
+    keys = ("distinct_1", "distinct_2", "response_unigrams", "response_bigrams", "prompt_chars", "response_words",
+            "histograms", "instruction_verbs", "response_openers", "vendi_score", "clusters")
+    assert {k: blocked[k] for k in keys} == {k: whole[k] for k in keys}
+    assert blocked["distinct_2"] == round(distinct_n(records["response"], 2)["ratio"], 6)
+    assert blocked["response_openers"] == first_words(records["response"], PROMPT.top_openers)

@@ -105,6 +105,49 @@ def test_workers_read_an_s3_workspace_from_the_bucket_not_through_the_driver(loc
     assert cached  # the workers wrote the record cache into the bucket
 
 
+def without_timings(value):
+    """A summary without what depends on the clock (seconds, records per second)."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if "seconds" not in k and k != "records_per_s"}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def test_the_embedding_auditors_embed_on_the_workers_and_give_the_local_results(local_cluster, shared_data,
+                                                                                  tmp_path, monkeypatch):
+    """embed, diversity and contamination's semantic tier on both engines, in workspaces that share
+    no cache: on Ray the workers embed (the driver embeds nothing) and every column and figure agrees."""
+    import assay.core.store as store_module
+    from assay.auditors import embedding_backends, embeddings
+    from assay.core.store import Store
+
+    monkeypatch.setattr(store_module, "SEGMENT_ROWS", 100)  # three parts: three tasks
+    base = codealpaca(shared_data, 240)
+    rows = base + [{**r, "output": r["output"] + " "} for r in base[:40:2]]  # 20 copies: embed duplicates
+    names = ["embed", "diversity", "contamination"]
+
+    def audit_embedding(store, version, engine):
+        return run_audit(store, version.id, [make_auditor(n) for n in names], engine=engine, show_progress=False)
+
+    local_store, ray_store = Store(tmp_path / "local"), Store(tmp_path / "ray")
+    local_version, ray_version = imported_version(local_store, "code", rows), imported_version(ray_store, "code", rows)
+    local = audit_embedding(local_store, local_version, "local")
+
+    def no_encoding_here(*args, **kwargs):
+        raise AssertionError("the driver embedded a record")
+
+    monkeypatch.setattr(embeddings.TorchEncoder, "encode", no_encoding_here)  # this process only
+    monkeypatch.setattr(embedding_backends.ExportedEncoder, "encode", no_encoding_here)
+    on_ray = audit_embedding(ray_store, ray_version, "ray")
+    local_columns, ray_columns = audit_columns(local_store, local_version.id), audit_columns(ray_store, ray_version.id)
+    assert local_columns["embed_duplicate"].sum() >= 20  # the copies, and a few CodeAlpaca near-twins
+    assert_frame_equal(ray_columns, local_columns)
+    for name in names:
+        assert without_timings(on_ray["auditors"][name]) == without_timings(local["auditors"][name]), name
+    assert on_ray["auditors"]["embed"]["embedding"]["computed"] == len(rows)  # on the workers, every record
+
+
 class DiesOnce(ExactDuplicates):
     """The exact auditor, except that the first worker to map a batch dies there (a hard exit, as
     when a node is lost or the OOM killer strikes)."""
@@ -172,3 +215,14 @@ def test_an_export_format_ray_cannot_write_is_refused_when_asked_for(local_clust
     assert not (tmp_path / "o.parquet").exists()
     monkeypatch.setenv("ASSAY_ENGINE", "ray")  # a default, not a demand: parquet is written locally
     assert export_version(store, version.id, str(tmp_path / "o.parquet"))["records"] == 1
+
+
+def test_embedding_maps_ask_for_a_gpu_only_where_the_cluster_has_one():
+    from assay.auditors.engine_ray import task_resources
+
+    embedding = [make_auditor("exact"), make_auditor("embed")]
+    assert task_resources(embedding, {"CPU": 32.0, "GPU": 4.0}) == {"num_gpus": 1}
+    assert task_resources(embedding, {"CPU": 32.0}) == {}  # a CPU cluster: Ray's default CPU
+    assert task_resources([make_auditor("exact"), make_auditor("minhash")], {"CPU": 32.0, "GPU": 4.0}) == {}
+    assert task_resources([make_auditor("contamination", {"semantic": False})], {"GPU": 1.0}) == {}
+    assert task_resources([make_auditor("contamination")], {"GPU": 1.0}) == {"num_gpus": 1}

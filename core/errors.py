@@ -7,6 +7,8 @@ exits non-zero. Everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import functools
+
 
 class AssayError(Exception):
     """An error caused by input or state the user controls; the message is shown as is."""
@@ -17,10 +19,16 @@ class BadInput(AssayError):
 
     def __init__(self, source: str, problem: str, *, line: int | None = None, field: str | None = None,
                  unit: str = "line"):
-        self.source, self.problem, self.line, self.field = source, problem, line, field
+        self.source, self.problem, self.line, self.field, self.unit = source, problem, line, field, unit
         where = source if line is None else f"{source}:{line}" if unit == "line" else f"{source} ({unit} {line})"
         what = f"field '{field}': {problem}" if field else problem
         super().__init__(f"{where}: {what}")
+
+    def __reduce__(self):
+        # whole across processes (a Ray import task returns it): pickle's default would call
+        # BadInput(message) with the formatted text only
+        return functools.partial(BadInput, line=self.line, field=self.field, unit=self.unit), (self.source,
+                                                                                               self.problem)
 
 
 class UnknownVersion(AssayError):

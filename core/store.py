@@ -459,6 +459,12 @@ class VersionWriter:
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
 
+    def finish_parts(self) -> list[Part]:
+        """Write what is pending as a last segment and give every part, without committing (a Ray
+        import task writes its segments this way; the driver commits all the tasks' parts)."""
+        self._flush(None)
+        return list(self.parts)
+
     @property
     def records(self) -> int:
         return sum(p.kept for p in self.parts) + self._pending_rows

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import fsspec
 import polars as pl
@@ -48,36 +48,41 @@ def batches(path: str, fmt: str, *, chunk_bytes: int = CHUNK_BYTES) -> Iterator[
     if fmt in ("csv", "tsv"):
         return _csv_batches(path, "\t" if fmt == "tsv" else ",", max(1, chunk_bytes // 512))
     if fmt == "parquet":
-        return _parquet_batches(path, max(1, chunk_bytes // 512))
+        return parquet_batches(path, max(1, chunk_bytes // 512))
     raise ValueError(f"no columnar reader for {fmt!r}")
 
 
 def _jsonl_batches(path: str, chunk_bytes: int) -> Iterator[Batch]:
-    line = 1
     with fsspec.open(path, "rb", compression="infer") as fh:
-        rest = b""
-        while True:
-            try:
-                data = fh.read(chunk_bytes)
-            except (OSError, EOFError) as exc:  # e.g. a .gz that is not gzip
-                raise BadInput(path, f"cannot read: {exc}") from None
-            if not data:
-                if rest:
-                    yield _jsonl_batch(path, rest, line, rest.count(b"\n") + 1)
-                return
-            cut = data.rfind(b"\n")
-            if cut < 0:  # one line longer than a chunk: read on
-                rest += data
-                continue
-            # the chunk ends at its last line end; what follows starts the next chunk
-            chunk = rest + data[:cut + 1] if rest else data[:cut + 1]
-            rest = data[cut + 1:]
-            lines = chunk.count(b"\n")
-            yield _jsonl_batch(path, chunk, line, lines)
-            line += lines
+        yield from jsonl_stream_batches(fh, path, chunk_bytes)
 
 
-def _jsonl_batch(path: str, chunk: bytes, first: int, lines: int) -> Batch:
+def jsonl_stream_batches(fh: BinaryIO, path: str, chunk_bytes: int, line: int = 1) -> Iterator[Batch]:
+    """Batches of the JSON Lines read from `fh` (its first line is line `line` of `path`), each a
+    chunk of about `chunk_bytes` cut at a line end."""
+    rest = b""
+    while True:
+        try:
+            data = fh.read(chunk_bytes)
+        except (OSError, EOFError) as exc:  # e.g. a .gz that is not gzip
+            raise BadInput(path, f"cannot read: {exc}") from None
+        if not data:
+            if rest:
+                yield jsonl_batch(path, rest, line, rest.count(b"\n") + 1)
+            return
+        cut = data.rfind(b"\n")
+        if cut < 0:  # one line longer than a chunk: read on
+            rest += data
+            continue
+        # the chunk ends at its last line end; what follows starts the next chunk
+        chunk = rest + data[:cut + 1] if rest else data[:cut + 1]
+        rest = data[cut + 1:]
+        lines = chunk.count(b"\n")
+        yield jsonl_batch(path, chunk, line, lines)
+        line += lines
+
+
+def jsonl_batch(path: str, chunk: bytes, first: int, lines: int) -> Batch:
     def frame() -> pl.DataFrame | None:
         try:
             parsed = pl.read_ndjson(chunk, infer_schema_length=None)
@@ -112,15 +117,16 @@ def _csv_batches(path: str, separator: str, chunk_rows: int) -> Iterator[Batch]:
         raise BadInput(path, f"not a readable CSV file ({str(exc).splitlines()[0]})") from None
 
 
-def _parquet_batches(path: str, chunk_rows: int) -> Iterator[Batch]:
+def parquet_batches(path: str, chunk_rows: int, row_groups: list[int] | None = None,
+                    first: int = 1) -> Iterator[Batch]:
+    """Batches of a Parquet file's rows (of `row_groups` only, whose first row is row `first`)."""
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(fsspec.open(path, "rb").open())
     except Exception as exc:
         raise BadInput(path, f"not a Parquet file ({exc})") from None
-    first = 1
-    for batch in pf.iter_batches(batch_size=chunk_rows):
+    for batch in pf.iter_batches(batch_size=chunk_rows, row_groups=row_groups):
         try:
             frame = pl.from_arrow(batch)
         except (pl.exceptions.PolarsError, TypeError, ValueError):

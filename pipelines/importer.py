@@ -27,11 +27,13 @@ import pyarrow as pa
 
 from assay.core.errors import AssayError, BadInput
 from assay.core.progress import progress
+from assay.core.ray_cluster import resolve_engine
 from assay.core.records import RECORD_SCHEMA, dump_json, record_id
 from assay.core.sources import ALIASES, FORMATS, Source, open_source
 from assay.core.store import Manifest, Store, VersionWriter
 
 from .columnar import COLUMNAR_FORMATS, Batch, alpaca_table, batches
+from .import_ray import import_parts_on_ray, ray_refusal
 
 TARGETS = ("instruction", "input", "output", "messages")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -57,7 +59,13 @@ class ImportConfig:
         "help": "MB of the file read per batch: memory stays near 8x this whatever the file's size"})
     max_memory_mb: float = field(default=0, metadata={
         "help": "fail with a clear error (committing nothing) when the import would use more memory "
-                "than this; 0: no cap"})
+                "than this; 0: no cap (the local engine's cap)"})
+    engine: str | None = field(default=None, metadata={
+        "help": "local, or ray: the file cut into byte ranges (JSON Lines) or row groups (Parquet), each "
+                "parsed and written as segments by a Ray task; default $ASSAY_ENGINE (sources ray cannot "
+                "split then run locally), else local"})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "the Ray cluster (host:port of its head); default $RAY_ADDRESS, else a local cluster"})
 
 
 def parse_mapping(text: str | None) -> dict[str, str]:
@@ -246,15 +254,23 @@ def import_source(store: Store, path: str, name: str, config: ImportConfig | Non
             yield from sample
             yield from source.rows
         parts = _row_batches(rest())
+    if resolve_engine(config.engine) == "ray":
+        refusal = ray_refusal(path, source.format, layout.seed_tasks)
+        if refusal is None:
+            source.rows.close()
+            parts = import_parts_on_ray(store, path, source.format, layout=layout, source=source,
+                                        provenance_source=provenance_source, chunk_bytes=chunk_bytes,
+                                        address=config.ray_address, show_progress=show_progress,
+                                        to_table=batch_table)
+            writer = VersionWriter(store, name, "import", params)
+            writer.add_parts(parts)
+            return writer.commit()
+        if config.engine:
+            raise AssayError(f"import of {path} on the ray engine: {refusal}; use --engine local")
+        # ASSAY_ENGINE=ray says where work may go; a source Ray cannot split is imported here
+
     def record_rows(part: Batch) -> pa.Table:
-        frame = part.frame()
-        table = alpaca_table(frame, layout.fields, part.first, provenance_source) if frame is not None else None
-        if table is None:
-            batch = _Columns()
-            for pos, row in part.rows():
-                _normalise(row, pos, layout, source, batch, provenance_source)
-            table = batch.table()
-        return table
+        return batch_table(part, layout, source, provenance_source)
 
     writer = _BackgroundWriter(VersionWriter(store, name, "import", params))
     # Batches are parsed PARSE_WORKERS at a time (Polars' reader and column work release the GIL) and
@@ -287,6 +303,19 @@ PARSE_WORKERS = max(1, min(2, os.cpu_count() or 1))
 # it, times the batches in flight, and the segment being written meanwhile (measured at 32 MB
 # chunks: 700 MB peak for a 10M-record file; bench/store_bench.py)
 MEMORY_PER_CHUNK_BYTE = 4 * (PARSE_WORKERS + 1)
+
+
+def batch_table(part: Batch, layout: "Layout", source: Source, provenance_source: str) -> pa.Table:
+    """One batch of the source as record rows: column-wise when its frame reads as plain rows, else
+    row by row (chat rows, nulls, a bad row, named by file and line)."""
+    frame = part.frame()
+    table = alpaca_table(frame, layout.fields, part.first, provenance_source) if frame is not None else None
+    if table is None:
+        batch = _Columns()
+        for pos, row in part.rows():
+            _normalise(row, pos, layout, source, batch, provenance_source)
+        table = batch.table()
+    return table
 
 
 def _check_memory(config: ImportConfig, path: str) -> None:

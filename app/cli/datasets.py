@@ -39,13 +39,15 @@ def import_(path: Annotated[str, typer.Argument(help="file (.jsonl .json .csv .t
                 "--chunk-mb", help=help_texts(ImportConfig)["chunk_mb"])] = ImportConfig.chunk_mb,
             max_memory_mb: Annotated[float, typer.Option(
                 "--max-memory-mb", help=help_texts(ImportConfig)["max_memory_mb"])] = ImportConfig.max_memory_mb,
+            engine: EngineOption = None,  # ray: JSON Lines and Parquet files
+            ray_address: RayAddressOption = None,
             as_json: JsonFlag = False) -> None:
     """Import a file or dataset as a new version."""
 
     def work():
         m = import_source(current_store(), path, name,
                           ImportConfig(mapping=parse_mapping(map_), format=fmt, split=split, chunk_mb=chunk_mb,
-                                       max_memory_mb=max_memory_mb),
+                                       max_memory_mb=max_memory_mb, engine=engine, ray_address=ray_address),
                           show_progress=None if not as_json else False)
         return {**m.summary(), "mapping": m.params["mapping"]}
 

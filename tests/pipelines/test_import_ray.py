@@ -21,7 +21,8 @@ CHUNK_MB = 0.05  # 50 KB batches, 200 KB ranges: a 2 MB file is cut into 10 piec
 
 
 @pytest.fixture(scope="module")
-def local_cluster():
+def local_cluster(s3_server):
+    """After the S3 server: the workers inherit its AWS variables when the cluster starts."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
@@ -121,3 +122,22 @@ def test_the_cli_imports_on_the_cluster_at_an_address(local_cluster, cli, shared
     assert result["records"] == 2000
     local = cli.json("import", str(path), "--name", "code2")
     assert Store(cli.workspace).read(result["version"]).equals(Store(cli.workspace).read(local["version"]))
+
+
+def test_a_file_in_object_storage_into_an_s3_workspace(local_cluster, s3_workspace, shared_data, tmp_path):
+    """The workers open the source by its s3:// URL and write the segments into the bucket."""
+    import fsspec
+
+    rows = codealpaca(shared_data, 3000)
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    url = s3_workspace.url.rstrip("/") + "-sources/rows.jsonl"
+    with fsspec.open(url, "wb") as fh:
+        fh.write(path.read_bytes())
+    on_s3 = s3_workspace.store()
+    version = import_source(on_s3, url, "d", ImportConfig(chunk_mb=CHUNK_MB, engine="ray"))
+    local = Store(tmp_path / "local", str(tmp_path / "local.sqlite"))  # not the S3 workspace's ASSAY_CATALOG
+    expected = local.read(import_source(local, str(path), "d", ImportConfig(chunk_mb=CHUNK_MB)))
+    got = on_s3.read(version)
+    assert got["source"].unique().to_list() == [url]
+    assert_frame_equal(got.drop("source"), expected.drop("source"))
+    assert on_s3.verify()["problems"] == []  # every segment in the bucket, hashes and counts right

@@ -24,7 +24,7 @@ from typing import Any
 
 from assay.core.errors import AssayError
 from assay.core.progress import progress
-from assay.core.ray_cluster import connect
+from assay.core.ray_cluster import connect, wait_next
 from assay.core.store import Store
 
 from .base import AuditContext, Auditor
@@ -49,9 +49,9 @@ def map_by_part_on_ray(store: Store, manifest, auditors: list[Auditor], ctx: Aud
     try:
         with progress(f"mapping {manifest.ref} on Ray", total=manifest.records, enabled=show_progress) as bar:
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                k = pending.pop(ready[0])
-                done[k] = ray.get(ready[0])
+                ready = wait_next(ray, list(pending), f"auditing {manifest.ref}")
+                k = pending.pop(ready)
+                done[k] = ray.get(ready)
                 bar.advance(manifest.parts[k].kept)
     except ray.exceptions.RayError as exc:
         for ref in pending:

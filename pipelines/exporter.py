@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from assay.core.errors import AssayError
 from assay.core.progress import progress
-from assay.core.ray_cluster import connect, resolve_engine
+from assay.core.ray_cluster import connect, resolve_engine, wait_next
 from assay.core.records import export_row
 from assay.core.store import Manifest, Part, Store
 
@@ -99,7 +99,8 @@ def _lines_on_ray(store: Store, manifest: Manifest, provenance: bool, address: s
         for k in range(len(parts)):
             for j in range(len(refs) + k, min(k + window, len(parts))):
                 refs[j] = task.remote(store.url, str(store.catalog.path), parts[j], provenance)
-            lines = ray.get(refs.pop(k))
+            # the part in version order, however long it takes (the head is probed meanwhile)
+            lines = ray.get(wait_next(ray, [refs.pop(k)], f"exporting {manifest.ref}"))
             bar.advance(len(lines))
             yield from lines
     except ray.exceptions.RayError as exc:

@@ -28,7 +28,7 @@ import fsspec
 
 from assay.core.errors import AssayError, BadInput
 from assay.core.progress import progress
-from assay.core.ray_cluster import connect
+from assay.core.ray_cluster import connect, wait_next
 from assay.core.sources import Source
 from assay.core.store import Part, Store, VersionWriter
 
@@ -94,8 +94,8 @@ def _gather(ray, refs: list, what: str, show_progress: bool | None = False) -> l
     try:
         with progress(f"{what} on Ray", total=len(refs), enabled=show_progress) as bar:
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                done[pending.pop(ready[0])] = ray.get(ready[0])
+                ready = wait_next(ray, list(pending), what)
+                done[pending.pop(ready)] = ray.get(ready)
                 bar.advance()
     except ray.exceptions.RayError as exc:
         for ref in pending:

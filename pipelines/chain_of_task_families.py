@@ -59,15 +59,17 @@ def structured_attributes(text: str) -> list[tuple[str, str]] | None:
     return [(k.strip(), v.strip()) for k, v in pairs]
 
 
-def parse_attributes(raw: str) -> list[tuple[str, str]]:
-    """`key: value` lines (ASCII or full-width colon; list markers allowed) from an LLM reply."""
-    pairs = []
+def parse_attributes(raw: str, source: str) -> list[tuple[str, str]]:
+    """`key: value` lines (ASCII or full-width colon; list markers allowed) from an LLM reply, each value
+    found in the input `source`: an attribute extracted *from the input*, not made up (nor the
+    prompt's example echoed)."""
+    pairs, text = [], source.casefold()
     for line in reply_text(raw).splitlines():
-        m = re.match(r"^\s*(?:[-*•]|\d+[.)])?\s*([^:：]{1,40}?)\s*[:：]\s*(.+?)\s*$", line)
-        if m:
-            pairs.append((m.group(1), m.group(2)))
+        m = re.match(r"^\s*(?:[-*•]|\d+[.)])?\s*([^:：]{1,40}?)\s*[:：]\s*(.+?)[\s.。]*$", line)
+        if m and m.group(2).strip("\"'“”").casefold() in text:
+            pairs.append((m.group(1).strip("\"'“”"), m.group(2).strip("\"'“”")))
     if not pairs:
-        raise ParseError("no 'key: value' line in the reply")
+        raise ParseError("no 'key: value' line whose value is in the input")
     return pairs
 
 
@@ -95,7 +97,7 @@ class Chain:
         self.suffix = "_zh" if td.language == "zh" else ""
         self.prompts = {t: load_prompt(f"cot_{t}{self.suffix}", prompts_dir) for t in tasks}
         self.common = {"labels": td.sep.join(td.labels), "sep": td.sep, "defi": td.meta.get("defi") or td.task,
-                       "none": self.words["none"], "yes": self.words["yes"], "no": self.words["no"]}
+                       "nothing": self.words["none"], "yes": self.words["yes"], "no": self.words["no"]}
         self.records: list[Record] = []
         self.planned: Counter[str] = Counter()
         self.asks: list[tuple[Request, Callable[[Any], None], str]] = []  # request, on-success, task
@@ -199,7 +201,7 @@ class Chain:
                 pairs = structured_attributes(sentence)
                 if pairs is not None:
                     self.add("attribute_extraction", v, self.td.sep.join(unique([f"{k}: {x}" for k, x in pairs])),
-                             line, rid)
+                             line, rid, attributes=pairs)
                 elif not self.llm_tasks:
                     self.skip("attribute_extraction", "needs_llm", line=line)
                 else:
@@ -216,9 +218,9 @@ class Chain:
         def done(pairs: list[tuple[str, str]]) -> None:
             self.records.append(self.run.record(
                 instruction=content, output=self.td.sep.join(unique([f"{k}: {x}" for k, x in pairs])),
-                metadata=self.meta("attribute_extraction", line, "llm", {"llm_key": key}),
+                metadata=self.meta("attribute_extraction", line, "llm", {"llm_key": key, "attributes": pairs}),
                 template="attribute_extraction" + self.suffix, source_row=line, parent_ids=[rid] if rid else None))
-        self.ask("attribute_extraction", key, content, parse_attributes, done)
+        self.ask("attribute_extraction", key, content, lambda raw: parse_attributes(raw, sentence), done)
 
     def reviews(self) -> None:
         """`reviews_per_label` requests per label, each shown an example row with that label (drawn with

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from assay.app.cli.common import JsonFlag, current_store, out, run_command
@@ -63,7 +64,9 @@ def generate(ctx: typer.Context,
                   f"requested {r['requested']}, failed {r['failed']}; run {r['run_id']}")
         tasks = r["details"].get("tasks")
         if tasks and (len(tasks) > 1 or not r["version"]):  # several end tasks (chain-of-task): one line each
-            out.print(summary_table(tasks))
+            # as wide as its rows: a task name wrapped over three lines would be hard to read or grep
+            width = sum(max(len(str(k)), *(len(str(r.get(k, ""))) for r in tasks)) + 3 for k in tasks[0]) + 1
+            Console(highlight=False, width=max(width, out.width), file=out.file).print(summary_table(tasks))
 
     run_command(as_json, work, render)
 

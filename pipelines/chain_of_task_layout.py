@@ -192,7 +192,12 @@ def load_task(store, ts: TaskSource, family: str | None, language: str | None, l
     seeds = read_seeds(store, ts.data, limit)
     td.parents = seeds.parents
     for seed in seeds.rows:
-        td.rows.append((seed.pos, check_row(td, seeds.label, seeds.unit, seed.pos, seed.fields), seed.record_id))
+        row = seed.fields
+        if seeds.parents and "sentences" not in row:  # a version imported with --map instruction=sentences
+            row = {**row, "sentences": row.get("instruction")}
+        # a version's records are the parents of what is made from them; a file's rows have no record yet
+        rid = seed.record_id if seeds.parents else None
+        td.rows.append((seed.pos, check_row(td, seeds.label, seeds.unit, seed.pos, row), rid))
     if not td.rows:
         raise AssayError(f"chain-of-task: {ts.data}: empty, no rows")
     return td

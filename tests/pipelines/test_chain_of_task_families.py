@@ -241,3 +241,25 @@ def test_attribute_replies_must_come_from_the_input():
                                                                                          ("brand", "Uniqlo")]
     with pytest.raises(ParseError):
         parse_attributes("color: blue\nmaterial: wool", text)  # the prompt's example, echoed
+
+
+def test_a_version_as_the_source(store):
+    # the seed rows imported first (the row text as the instruction, spans kept as metadata); what is
+    # generated from a record names it as its parent, and the new version the seed version
+    from assay.pipelines.importer import ImportConfig, import_source
+
+    seed = import_source(store, str(SPAN / "test.json"), "seed", ImportConfig(mapping={"instruction": "sentences"}),
+                         show_progress=False)
+    report = generate(store, "chain-of-task", "from-seed", {"source": "seed", "meta": str(SPAN / "meta-info.json"),
+                                                           "limit": 5, "tasks": ["span_detection", "ner"]}, NOBODY)
+    seeds = {r["id"]: r for r in store.read(seed).to_dicts()}
+    raw = {r["sentences"]: r for r in raw_rows(SPAN / "test.json")}
+    out = read(store, report["version"])
+    assert len(out) == 10 and store.resolve(report["version"]).parents == [seed.id]
+    for r in out:
+        (parent,) = r["parent_ids"]
+        row = raw[seeds[parent]["instruction"]]  # the parent is the seed record the row came from
+        assert row["sentences"] in r["instruction"]
+        assert r["output"] == expected(r["meta"]["atomic_task"], r["meta"], row, r["instruction"], WORDS["en"])
+    with pytest.raises(AssayError, match="needs `meta`"):
+        generate(store, "chain-of-task", "x", {"source": "seed"}, NOBODY)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from assay.app.cli.common import JsonFlag, current_store, out, run_command
 from assay.core.errors import AssayError
@@ -56,7 +58,25 @@ def generate(ctx: typer.Context,
         return run_generator(current_store(), kind, name, config, LLMConfig(**llm), run_id)
 
     def render(r):
-        out.print(f"{r['generator']}: {r['records']} records as {r['ref']} ({r['version'][:12]}); "
+        where = (f"as {r['ref']} ({r['version'][:12]})" if r["version"]
+                 else f"in {len(r['details']['versions'])} versions")
+        out.print(f"{r['generator']}: {r['records']} records {where}; "
                   f"requested {r['requested']}, failed {r['failed']}; run {r['run_id']}")
+        tasks = r["details"].get("tasks")
+        if tasks and (len(tasks) > 1 or not r["version"]):  # several end tasks (chain-of-task): one line each
+            # as wide as its rows: a task name wrapped over three lines would be hard to read or grep
+            width = sum(max(len(str(k)), *(len(str(r.get(k, ""))) for r in tasks)) + 3 for k in tasks[0]) + 1
+            Console(highlight=False, width=max(width, out.width), file=out.file).print(summary_table(tasks))
 
     run_command(as_json, work, render)
+
+
+def summary_table(rows: list[dict[str, Any]]) -> Table:
+    """One line per end task: its family, language and counts (and its version, when each has its own)."""
+    table = Table()
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    for col in cols:
+        table.add_column(col, overflow="fold", justify="right" if isinstance(rows[0].get(col), int) else "left")
+    for r in rows:
+        table.add_row(*(str(r.get(c, "")) for c in cols))
+    return table

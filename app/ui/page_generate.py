@@ -183,7 +183,9 @@ job = jobs_panel(store, "generate", key=KEY, live=live_counts)
 
 if job is not None and job.status == "succeeded" and job.result:
     r = job.result
-    st.success(f"Committed {r.get('records', 0)} records as a new version.")
+    versions = (r.get("details") or {}).get("versions")
+    st.success(f"Committed {r.get('records', 0)} records as "
+               + (f"{len(versions)} new versions." if versions and not r.get("ref") else "a new version."))
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("version", r.get("ref") or "—")
     c2.metric("records", r.get("records", 0))
@@ -192,6 +194,10 @@ if job is not None and job.status == "succeeded" and job.result:
     if r.get("filtered"):
         st.text("dropped, by reason:")
         st.dataframe([{"reason": k, "records": v} for k, v in r["filtered"].items()], hide_index=True)
+    tasks = (r.get("details") or {}).get("tasks")
+    if tasks and (len(tasks) > 1 or not r.get("ref")):  # several end tasks (chain-of-task): one line each
+        st.text("end tasks:")
+        st.dataframe(tasks, hide_index=True)
 
 # ---- failures: the journal's failed calls with their raw replies ----------------------------------
 st.divider()

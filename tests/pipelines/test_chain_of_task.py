@@ -87,16 +87,26 @@ def test_ner_records_agree_with_the_spans(store):
             term = re.search(r'What type is "(.*?)" in', r["instruction"]).group(1)
             assert r["output"] in NER_LABELS
             assert {s["type"] for s in spans if s["term"] == term} == {r["output"]}
+        elif m["atomic_task"] == "span_verification":
+            term, typ = re.search(r'Is "(.*?)" an? (\w+) entity', r["instruction"]).groups()
+            assert typ == m["entity_type"] and term == m["term"]
+            assert r["output"] == ("yes" if any(s["term"] == term and s["type"] == typ for s in spans) else "no")
+        elif m["atomic_task"] == "span_detection":
+            assert set(r["output"].split(", ")) == {s["term"] for s in spans} if spans else r["output"] == "None"
         else:
             want = {f"{s['term']}: {s['type']}" for s in spans}
             assert set(r["output"].split(", ")) == want if spans else r["output"] == "None"
             assert all(lab in r["instruction"] for lab in NER_LABELS)
+        assert m["answer_from"] == "row" and m["family"] == "ner" and m["language"] == "en"
     # coverage: one entity_extraction record per (row, type); one span_classification per term
     counts = report["details"]["atomic_tasks"]
     assert counts["entity_extraction"] == 20 * len(NER_LABELS) and counts["ner"] == 20
     assert counts["span_classification"] == sum(len({s["term"] for s in r["spans"]}) for r in raw) \
         - report["filtered"].get("ambiguous_span", 0)
-    assert seen["entity_extraction"] == seen["ner"] == set(by_sentence)
+    terms_per_row = [len({s["term"] for s in r["spans"]}) for r in raw]
+    assert counts["span_verification"] == sum(terms_per_row) * len(NER_LABELS)
+    assert seen["entity_extraction"] == seen["ner"] == seen["span_detection"] == set(by_sentence)
+    assert report["details"]["planned"] == report["records"] + len(report["dropped"])
     present = [r for r in out if r["meta"]["atomic_task"] == "entity_extraction"]
     assert any(r["meta"]["present"] for r in present) and any(not r["meta"]["present"] for r in present)
     m = store.resolve(report["version"])

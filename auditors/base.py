@@ -109,6 +109,10 @@ class AuditContext:
     _layout: Layout | None = field(default=None, repr=False)
     # the record cache's hits and misses of each streaming auditor's map, filled by the runner
     map_cache: dict[str, dict[str, int]] = field(default_factory=dict)
+    # where the audit runs ("local" or "ray", and the cluster's address): a reduce step that can
+    # spread its own global work (MinHash's band buckets) runs it there too
+    engine: str = "local"
+    ray_address: str | None = None
     # the seconds each streaming auditor's map took (summed over the parts, and over workers on Ray)
     map_seconds: dict[str, float] = field(default_factory=dict)
 

@@ -78,8 +78,10 @@ from .minhash_lsh import (
     _sorted_unique,
     cluster,
     exact_jaccard,
+    local_candidates,
     optimal_bands_rows,
 )
+from .minhash_ray import ray_candidates
 from .minhash_signatures import shingle_hashes, signatures
 
 CALIBRATION_WINDOW = 0.15  # calibration pairs have an estimated Jaccard within threshold +- this
@@ -247,7 +249,9 @@ class MinHashDuplicates(Auditor):
                              f"cache/minhash folder")
         has_shingles = mapped["shingles"].to_numpy() > 0
         verify = None if c.verify == "estimate" else (lambda a, b: self._true_jaccard(rows, a, b))
-        result = cluster(sig, has_shingles, bands, rows_per_band, float(c.threshold), verify)
+        # on the Ray engine the band buckets are grouped on the cluster (auditors/minhash_ray.py)
+        candidates = ray_candidates(self, ctx, ctx.ray_address) if ctx.engine == "ray" else local_candidates
+        result = cluster(sig, has_shingles, bands, rows_per_band, float(c.threshold), verify, candidates)
 
         n = mapped.height
         label = result.label

@@ -196,13 +196,47 @@ class _Clusters:
     candidate_pairs: int
 
 
+def band_keys(sig, bands: int, rows: int, index: np.ndarray) -> np.ndarray:
+    """The band bucket keys of the rows `index` of `sig`, band-major: element b * index.size + j is
+    row index[j]'s bucket in band b (records of one bucket share its key)."""
+    keys = _band_keys(sig, bands, rows, index=index)
+    keys ^= _fmix64(np.arange(1, bands + 1, dtype=np.uint64))[:, None]  # a bucket per band
+    return keys.ravel()
+
+
+def bucket_codes(keys: np.ndarray, number_of: Callable[[np.ndarray], np.ndarray], d: int) -> tuple[np.ndarray, int]:
+    """The candidate pairs of records that share a bucket key, as sorted unique codes lo * d + hi of
+    their distinct row numbers (`number_of` maps element indices of `keys` to them); and how many
+    buckets were too large for all their pairs."""
+    members, starts, lengths = _groups(keys)
+    chunks, oversized = _bucket_pairs(number_of(members), starts, lengths)
+    del members, starts, lengths
+    if not chunks:
+        return np.zeros(0, dtype=np.int64), oversized
+    lo = np.concatenate([np.minimum(a, b) for a, b in chunks])
+    hi = np.concatenate([np.maximum(a, b) for a, b in chunks])
+    del chunks
+    return _sorted_unique(lo * d + hi), oversized
+
+
+def local_candidates(sig, distinct: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, int]:
+    """`bucket_codes` over every band of the rows `distinct`, in this process."""
+    d = max(distinct.size, 1)
+    return bucket_codes(band_keys(sig, bands, rows, distinct), lambda members: members % d, distinct.size)
+
+
+# (signatures, the distinct rows, bands, rows per band) -> (pair codes, oversized buckets)
+Candidates = Callable[[object, np.ndarray, int, int], tuple[np.ndarray, int]]
+
+
 def cluster(sig, has_shingles: np.ndarray, bands: int, rows: int, threshold: float,
-            verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> _Clusters:
+            verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+            candidates: Candidates = local_candidates) -> _Clusters:
     """Cluster rows by LSH over their signatures (a uint32 matrix, or SignatureRows); rows without
     shingles stay alone. With `verify` (pairs -> true Jaccard), candidates whose estimate is within
     VERIFY_MARGIN of the threshold are decided by their true Jaccard; the rest (and all, without it)
-    by the estimate. Memory: the band keys (bands x 8 bytes a record) and their sort, never a copy
-    of the signatures."""
+    by the estimate. `candidates` finds the band buckets' pairs (here, or on Ray: auditors/minhash_ray.py).
+    Memory: the band keys (bands x 8 bytes a record) and their sort, never a copy of the signatures."""
     n, num_perm = sig.shape
     valid = np.flatnonzero(has_shingles)
     m = valid.size
@@ -219,21 +253,8 @@ def cluster(sig, has_shingles: np.ndarray, bands: int, rows: int, threshold: flo
     distinct = valid[~is_copy]  # version positions, one per distinct signature (the first in version order)
     d = distinct.size
     # 2. LSH over the distinct signatures: rows sharing any band's hash are candidates
-    keys = _band_keys(sig, bands, rows, index=distinct)
-    keys ^= _fmix64(np.arange(1, bands + 1, dtype=np.uint64))[:, None]  # a bucket per band
-    members, starts, lengths = _groups(keys.ravel())
-    del keys
-    chunks, oversized = _bucket_pairs(members % max(d, 1), starts, lengths)
-    del members, starts, lengths
-    if chunks:
-        lo = np.concatenate([np.minimum(a, b) for a, b in chunks])
-        hi = np.concatenate([np.maximum(a, b) for a, b in chunks])
-        del chunks
-        code = _sorted_unique(lo * d + hi)
-        del lo, hi
-        left, right = distinct[code // d], distinct[code % d]
-    else:
-        left = right = np.zeros(0, dtype=np.int64)
+    code, oversized = candidates(sig, distinct, bands, rows)
+    left, right = distinct[code // max(d, 1)], distinct[code % max(d, 1)]
     # 3. verify: estimated Jaccard of the signatures >= threshold
     left = np.concatenate([copies_left, left]).astype(np.int64)
     right = np.concatenate([copies_right, right]).astype(np.int64)

@@ -66,7 +66,7 @@ def run_audit(store: Store, ref: str, auditors: list[Auditor], *, show_progress:
     for auditor in auditors:
         auditor.validate()
     steps: dict[str, dict[str, float]] = {}
-    ctx = AuditContext(store, manifest.id, manifest)
+    ctx = AuditContext(store, manifest.id, manifest, engine=engine, ray_address=ray_address)
     out: dict[str, Any] = {}
     store.makedirs(store.path("audits", manifest.id))
 

@@ -226,3 +226,35 @@ def test_embedding_maps_ask_for_a_gpu_only_where_the_cluster_has_one():
     assert task_resources([make_auditor("exact"), make_auditor("minhash")], {"CPU": 32.0, "GPU": 4.0}) == {}
     assert task_resources([make_auditor("contamination", {"semantic": False})], {"GPU": 1.0}) == {}
     assert task_resources([make_auditor("contamination")], {"GPU": 1.0}) == {"num_gpus": 1}
+
+
+def test_minhash_band_buckets_grouped_on_ray_give_the_local_pairs(local_cluster, store, monkeypatch):
+    """The LSH step's shuffle (auditors/minhash_ray.py) against the local sort, on records that fill
+    a bucket past MAX_BUCKET_PAIRS_SIZE (600 records sharing a long prefix) and ordinary near pairs."""
+    import numpy as np
+
+    import assay.core.store as store_module
+    from assay.auditors.base import AuditContext
+    from assay.auditors.minhash_lsh import MAX_BUCKET_PAIRS_SIZE, SignatureRows, local_candidates
+    from assay.auditors.minhash_ray import ray_candidates
+
+    monkeypatch.setattr(store_module, "SEGMENT_ROWS", 700)  # several parts
+    shared = " ".join(f"word{i}" for i in range(300))
+    rng = random.Random(3)
+    rows = [{"instruction": f"{shared} tail {i} {rng.random()}", "input": "", "output": ""} for i in range(600)]
+    rows += [{"instruction": " ".join(rng.choice(["a", "b", "c", "d", "e", "f"]) + str(rng.randrange(40))
+                                      for _ in range(30)), "input": "", "output": ""} for _ in range(1400)]
+    version = imported_version(store, "t", rows)
+    assert len(version.parts) > 2
+    auditor = make_auditor("minhash")
+    run_audit(store, version.id, [auditor], show_progress=False)  # the signatures, in the record cache
+    ctx = AuditContext(store, version.id, version)
+    sig = SignatureRows(ctx.cached(auditor.map_key()).get_or_compute(
+        store.read(version, ["id"]), lambda batch: None)["minhash_sig"])
+    distinct = np.arange(len(rows), dtype=np.int64)
+    bands, per_band = auditor.effective_bands_rows()
+    local_codes, local_oversized = local_candidates(sig, distinct, bands, per_band)
+    ray_codes, ray_oversized = ray_candidates(auditor, ctx, None)(sig, distinct, bands, per_band)
+    assert local_oversized > 0 and 600 > MAX_BUCKET_PAIRS_SIZE  # a bucket too big for all its pairs
+    assert local_codes.size > 1000
+    assert np.array_equal(ray_codes, local_codes) and ray_oversized == local_oversized

@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 from common import write_json  # noqa: E402
 from store_bench import _rss_mb, machine_info, synthesize  # noqa: E402  (a sibling script)
 
@@ -127,11 +127,7 @@ def child_naive(paths: list[str], lib: str, step: str, threshold: int) -> dict:
 
 
 def run_child(task: str, **kwargs) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", task, json.dumps(kwargs)],
-                         capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"child {task} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return common.run_child(__file__, task, json.dumps(kwargs))  # --child TASK KWARGS
 
 
 # ---- the driver ----------------------------------------------------------------------------------

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_json  # noqa: E402
+from common import peak_mb, run_child, write_json  # noqa: E402
 
 BLOCK = 100_000
 NEAR, EXACT, CONTAMINATED_PER_MILLION = 0.05, 0.01, 20
@@ -92,11 +90,6 @@ def synthesise(path: Path, n: int, seed: int = 7) -> dict:
 
 # ---- the steps, each in a fresh process -------------------------------------------------------
 
-def _peak_mb() -> float:
-    # VmHWM, not ru_maxrss: ru_maxrss survives execve, so it would report the parent's size
-    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) / 1024
-
-
 def child(task: dict) -> dict:
     from assay.core.store import Store
 
@@ -127,7 +120,7 @@ def child(task: dict) -> dict:
         out["report_bytes"] = (Path(task["ws"]) / "report.html").stat().st_size
     elif task["step"] == "score":
         out.update(score(store, task))
-    return {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(_peak_mb(), 1), **out}
+    return {"seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak_mb(), 1), **out}
 
 
 def score(store, task: dict) -> dict:
@@ -158,11 +151,7 @@ def score(store, task: dict) -> dict:
 
 
 def run_step(task: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(task)], capture_output=True, text=True,
-                          check=False, env={**os.environ, "PYTHONHASHSEED": "0"})
-    if proc.returncode != 0:
-        raise SystemExit(f"step {task['step']} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, json.dumps(task), env={"PYTHONHASHSEED": "0"})
 
 
 def main() -> None:
@@ -175,7 +164,7 @@ def main() -> None:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+        print(json.dumps(child(json.loads(args.child))))  # the last line: what run_child reads
         return
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)

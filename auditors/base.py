@@ -121,6 +121,11 @@ class AuditContext:
             self._layout = version_layout(self.store, self.manifest)
         return self._layout
 
+    def known_ids(self, auditors: list["Auditor"]) -> dict[str, pl.Series]:
+        """Per auditor, every record id its map cache held before the audit began (read once, so a
+        part's cache lookups skip ids that were never there; see RecordCache)."""
+        return {a.name: self.cached(a.map_key()).cached_ids() for a in auditors}
+
     def cached(self, auditor: "Auditor", namespace_extra: str = "", *, part: int | None = None,
                known_ids: pl.Series | None = None) -> RecordCache:
         """The auditor's record cache; `part`: for the rows of one part of the version only, and

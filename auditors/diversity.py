@@ -44,11 +44,10 @@ import polars as pl
 from assay.core.errors import AssayError
 
 from .base import AuditContext, AuditResult, Rows
-from .embedding_backends import BACKEND_HELP, check_backend
-from .embeddings import DEFAULT_MODEL, EmbeddingAuditor, embedding_summary
-from .neighbours import SearchOptions, check_search, knn, options_of
+from .embedding_backends import BACKEND_HELP
+from .embeddings import DEFAULT_MODEL, EmbeddingAuditor, check_embedding_config, embedding_summary
+from .neighbours import SearchOptions, knn, options_of
 
-COLUMNS = ("text", "prompt", "response")
 MAP_METHODS = ("pca", "umap")
 AUTO_CLUSTERS_MAX = 50
 MINIBATCH_ABOVE = 20_000  # records above which k-means runs as MiniBatchKMeans
@@ -76,22 +75,15 @@ class DiversityConfig(SearchOptions):
     backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
 
     def validate(self) -> None:
-        check_backend(self.backend, "diversity")
-        if self.column not in COLUMNS:
-            raise AssayError(f"diversity: column must be text, prompt or response, not {self.column!r}")
+        check_embedding_config(self, "diversity")
         if self.map_method not in MAP_METHODS:
             raise AssayError(f"diversity: map_method must be pca or umap, not {self.map_method!r}")
         if self.map_method == "umap" and importlib.util.find_spec("umap") is None:
             raise AssayError(UMAP_MISSING)
         if self.clusters != "auto" and (isinstance(self.clusters, bool) or not _is_positive_int(self.clusters)):
             raise AssayError(f"diversity: clusters must be a positive integer or 'auto', not {self.clusters!r}")
-        for name in ("top_openers", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise AssayError(f"diversity: {name} must be a positive integer, not {value!r}")
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise AssayError(f"diversity: model must be a model name or folder, not {self.model!r}")
-        check_search(self, "diversity")
+        if isinstance(self.top_openers, bool) or not isinstance(self.top_openers, int) or self.top_openers < 1:
+            raise AssayError(f"diversity: top_openers must be a positive integer, not {self.top_openers!r}")
 
 
 def _is_positive_int(value: Any) -> bool:

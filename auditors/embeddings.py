@@ -26,8 +26,9 @@ import polars as pl
 
 from assay.core.errors import AssayError
 
-from .base import Auditor
-from .embedding_backends import backend_tag, gpu_present, load_exported, resolve_backend
+from .base import Auditor, MapKey
+from .embedding_backends import backend_tag, check_backend, gpu_present, load_exported, resolve_backend
+from .neighbours import check_search
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # records encoded (and added to the cache) per step: bounds the memory of one step, keeps progress
@@ -270,6 +271,22 @@ def embed_records(ctx, records: pl.DataFrame, column: str = "text", model: str |
     return out
 
 
+TEXT_VIEWS = ("text", "prompt", "response")
+
+
+def check_embedding_config(cfg: Any, auditor: str) -> None:
+    """The settings every embedding auditor's config shares (backend, column, batch_size, model and
+    the neighbour search), each bad value an AssayError naming the auditor, the option and the value."""
+    check_backend(cfg.backend, auditor)
+    if cfg.column not in TEXT_VIEWS:
+        raise AssayError(f"{auditor}: column must be text, prompt or response, not {cfg.column!r}")
+    if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise AssayError(f"{auditor}: batch_size must be a positive integer, not {cfg.batch_size!r}")
+    if not isinstance(cfg.model, str) or not cfg.model.strip():
+        raise AssayError(f"{auditor}: model must be a model name or folder, not {cfg.model!r}")
+    check_search(cfg, auditor)
+
+
 class EmbeddingAuditor(Auditor):
     """The map side the embedding auditors (embed, diversity) share, so each is a streaming auditor
     and runs part by part on either engine: `map` is the vectors of the config's `column` (the
@@ -296,8 +313,6 @@ class EmbeddingAuditor(Auditor):
         self._load_seconds = time.perf_counter() - started
 
     def map_key(self) -> Any:
-        from .base import MapKey
-
         cfg = self.config
         # the namespace embed_records uses: embeddings/<model>/<backend tag>-<truncation>/<column>
         return MapKey(f"embeddings/{model_key(cfg.model)}",

@@ -38,7 +38,7 @@ def map_by_part_on_ray(store: Store, manifest, auditors: list[Auditor], ctx: Aud
     from .runner import combine
 
     ray = connect(address)
-    known = {a.name: ctx.cached(a.map_key()).cached_ids() for a in auditors}
+    known = ctx.known_ids(auditors)
     # fresh copies: a prepared auditor holds the driver's store (an open SQLite connection)
     shipped = [type(a)(copy.deepcopy(a.config)) for a in auditors]
     task = ray.remote(max_retries=RETRIES)(_map_part_task).options(**task_resources(auditors, ray.cluster_resources()))

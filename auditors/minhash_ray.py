@@ -40,7 +40,7 @@ def ray_candidates(auditor: Auditor, ctx: AuditContext, address: str | None) -> 
         partitions = max(2, int(ray.cluster_resources().get("CPU", 2)))
         offsets = np.cumsum([0] + [p.kept for p in manifest.parts])
         cut = np.searchsorted(distinct, offsets)  # part k's distinct rows: distinct[cut[k]:cut[k + 1]]
-        known = ray.put({auditor.name: ctx.cached(auditor.map_key()).cached_ids()})
+        known = ray.put(ctx.known_ids([auditor]))
         shipped = type(auditor)(copy.deepcopy(auditor.config))  # a fresh copy, as the map tasks get
         split = ray.remote(num_returns=partitions, max_retries=RETRIES)(_part_band_keys)
         by_part = [split.remote(store.url, str(store.catalog.path), manifest, k, shipped, known,

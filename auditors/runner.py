@@ -117,7 +117,7 @@ def _map_by_part(store: Store, manifest, auditors: list[Auditor], ctx: AuditCont
                  show_progress: bool | None, seconds: dict[str, float]) -> dict[str, pl.DataFrame]:
     """Each streaming auditor's per-record results for every row, in version order: the version read
     one part (segment) at a time, each part's rows mapped through the record cache."""
-    known = {a.name: ctx.cached(a.map_key()).cached_ids() for a in auditors}
+    known = ctx.known_ids(auditors)
     done: list[PartResult] = []
     with progress(f"reading {manifest.ref}", total=manifest.records, enabled=show_progress) as bar:
         for k in range(len(manifest.parts)):

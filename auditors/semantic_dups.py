@@ -42,12 +42,11 @@ import polars as pl
 from assay.core.errors import AssayError
 
 from .base import AuditContext, AuditResult, Rows
-from .embedding_backends import BACKEND_HELP, check_backend
-from .embeddings import DEFAULT_MODEL, EmbeddingAuditor, embedding_summary
-from .neighbours import Neighbours, SearchOptions, check_search, nearest_and_clusters, options_of
+from .embedding_backends import BACKEND_HELP
+from .embeddings import DEFAULT_MODEL, EmbeddingAuditor, check_embedding_config, embedding_summary
+from .neighbours import Neighbours, SearchOptions, nearest_and_clusters, options_of
 
 TEXT_PREVIEW = 300
-COLUMNS = ("text", "prompt", "response")
 
 
 @dataclass
@@ -64,17 +63,10 @@ class EmbedConfig(SearchOptions):
     backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
 
     def validate(self) -> None:
-        check_backend(self.backend, "embed")
-        if self.column not in COLUMNS:
-            raise AssayError(f"embed: column must be text, prompt or response, not {self.column!r}")
+        check_embedding_config(self, "embed")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
                 or not 0 < float(self.threshold) <= 1:
             raise AssayError(f"embed: threshold must be a cosine similarity in (0, 1], not {self.threshold!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise AssayError(f"embed: batch_size must be a positive integer, not {self.batch_size!r}")
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise AssayError(f"embed: model must be a model name or folder, not {self.model!r}")
-        check_search(self, "embed")
 
 
 class SemanticDuplicates(EmbeddingAuditor):

@@ -40,6 +40,10 @@ def _check_bucket(fs: AbstractFileSystem, root: str, url: str) -> None:
     except FileNotFoundError:
         raise AssayError(f"workspace {url}: bucket {bucket!r} does not exist (create it first; Assay does not "
                          "create buckets)") from None
+    except PermissionError as exc:  # S3's 403: a key the store does not know, or no right to the bucket
+        raise AssayError(f"workspace {url}: no access to bucket {bucket!r} ({exc}): check the credentials "
+                         "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and the bucket's "
+                         "policy") from None
     except Exception as exc:  # no endpoint, no credentials, no permission: whatever the backend raises
         raise AssayError(f"workspace {url}: cannot reach bucket {bucket!r}: {exc}") from exc
 
@@ -66,7 +70,12 @@ def write_atomic(fs: AbstractFileSystem, local: bool, path: str, data: bytes) ->
         # no rename on an object store, and none needed: a PUT publishes the whole object or nothing
         # (s3fs sends objects over 100 MB as a multipart upload, which too appears only once complete),
         # so a killed writer leaves no partial object and no temp name behind
-        fs.pipe_file(path, data)
+        try:
+            fs.pipe_file(path, data)
+        except PermissionError as exc:  # a key that may read the bucket but not write it
+            bucket = path.split("/", 1)[0]
+            raise AssayError(f"cannot write {fs.unstrip_protocol(path)}: no write access to bucket {bucket!r} "
+                             f"({exc}); nothing was committed") from None
         return
     # write a temp file beside the target, flush it to disk, then rename over
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"

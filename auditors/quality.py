@@ -61,6 +61,7 @@ import polars as pl
 from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult, Rows
+from .quality_repetition import repetition_columns
 
 FLAGS = ("empty_output", "short_output", "output_in_instruction", "refusal", "truncated", "repetitive",
          "non_english")
@@ -248,22 +249,6 @@ def _truncated(r: pl.Expr, cfg: QualityConfig) -> pl.Expr:
     return odd_fences | unbalanced | ellipsis | open_punct | dangling | unterminated
 
 
-def _repetition(r: pl.Expr, cfg: QualityConfig) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
-    """(score, n-gram count, largest count of one line) for the response `r`."""
-    n = max(1, cfg.repetition_ngram)
-    tokens = r.str.to_lowercase().str.extract_all(r"\w*\p{L}\w*")  # words with a letter: not numbers
-    grams = tokens.list.eval(pl.concat_str([pl.element().shift(-i) for i in range(n)], separator=" ")).list.drop_nulls()
-    n_grams = grams.list.len()
-    gram_dup = pl.when(n_grams > 0).then(1 - grams.list.n_unique() / n_grams).otherwise(0.0)
-    lines = r.str.split("\n").list.eval(pl.element().str.strip_chars()).list.eval(
-        pl.element().filter(pl.element() != ""))
-    n_lines = lines.list.len()
-    line_dup = pl.when(n_lines > 1).then(1 - lines.list.n_unique() / n_lines).otherwise(0.0)
-    long_lines = lines.list.eval(pl.element().filter(pl.element().str.len_chars() >= cfg.line_min_chars))
-    top_line = long_lines.list.eval(pl.element().unique_counts()).list.max().fill_null(0)
-    return pl.max_horizontal(gram_dup, line_dup).cast(pl.Float64), n_grams, top_line
-
-
 def _non_english(text: pl.Expr, cfg: QualityConfig) -> pl.Expr:
     """Two cheap rules, no language-ID model:
     - script: fewer than `latin_share_min` of the letters are Latin (Chinese, Cyrillic, Arabic, ...),
@@ -319,8 +304,8 @@ def record_flags(frame: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
         r=pl.col("response").str.strip_chars_end(),
         r_fold=_refusal_text(pl.col("response")),
     )
+    base = base.hstack(repetition_columns(base["r"], cfg.repetition_ngram, cfg.line_min_chars))
     stripped = pl.col("r").str.strip_chars()
-    score, n_grams, top_line = _repetition(pl.col("r"), cfg)
     lang_col = {"response": "response", "prompt": "prompt", "text": "text"}[cfg.language_column]
     lang_text = (pl.col("prompt") + "\n\n" + pl.col("response")) if lang_col == "text" else pl.col(lang_col)
     out = base.with_columns(
@@ -330,7 +315,6 @@ def record_flags(frame: pl.DataFrame, cfg: QualityConfig) -> pl.DataFrame:
         **{f"opener_{n}": _openers(pl.col("response"), n, pl.col("_head")) for n in (1, 2, 3)},
         norm_r=_copy_form(pl.col("response")),
         norm_p=_copy_form(pl.col("prompt")),
-        quality_repetition=score, _n_grams=n_grams, _top_line=top_line,
     ).with_columns(
         quality_empty_output=stripped == "",
         quality_short_output=(stripped != "") & ((_words(stripped) < cfg.short_min_words)

@@ -1,6 +1,6 @@
 """Benchmark contamination: records that contain (or rephrase) items of evaluation benchmarks.
 
-Two tiers, run on one text view of every record (`column`, default `text` = prompt + response):
+Three tiers, run on one text view of every record (`column`, default `text` = prompt + response):
 
 (a) n-gram overlap, as GPT-3's decontamination and lm-evaluation-harness do it: text normalised
     (lowercased, Unicode punctuation and symbols deleted, split on whitespace), every run of `ngram`
@@ -13,7 +13,11 @@ Two tiers, run on one text view of every record (`column`, default `text` = prom
 (b) embedding nearest neighbour, as lm-sys llm-decontaminator's first stage: cosine similarity of
     the record's embedding (the shared embedding cache, `auditors/embeddings.py`) to every benchmark
     item; at or above `threshold` the record is flagged. Catches rephrasings the n-grams miss.
-(c) optionally, an LLM judge over the nearest neighbours (llm-decontaminator's second stage), through the
+(c) code (auditors/contamination_code.py): the record's code, canonicalised (names, comments, docstrings,
+    literals and loop forms normalised away), as shingles of canonical tokens; exact Jaccard to each
+    benchmark item's code (solution + prompt; the prompt alone where the benchmark has no solutions)
+    at or above `code_threshold` flags it. Catches the rephrased programs the other two miss.
+(d) optionally, an LLM judge over the nearest neighbours (llm-decontaminator's second stage), through the
     project's LLM client: column `contamination_judge` (null where not judged or the call failed).
 
 Per-record results depend only on the record, the loaded benchmark texts and the config, so they
@@ -33,6 +37,8 @@ from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult, MapKey, Rows
 from .benchmarks import Benchmark, benchmark_items, fingerprint, load_benchmarks
+from .contamination_code import CODE_SCHEMA, CodeIndex
+from .contamination_coverage import code_evidence, code_summary, coverage, item_candidates, near_threshold
 from .embedding_backends import BACKEND_HELP, backend_tag, check_backend, resolve_backend
 from .embeddings import DEFAULT_MODEL, embed_records
 from .neighbours import SearchInfo, SearchOptions, check_search, knn, method_for, options_of
@@ -59,6 +65,16 @@ class ContaminationConfig(SearchOptions):
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": "sentence-transformers model of the embedding tier (name or local path)"})
     backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
+    code: bool = field(default=True, metadata={
+        "help": "code tier: flag records whose code, canonicalised, shares at least code_threshold Jaccard of "
+                "canonical-token shingles with a benchmark item's code (catches renamed/restructured programs)"})
+    code_ngram: int = field(default=4, metadata={"help": "canonical tokens per code shingle"})
+    code_threshold: float = field(default=0.72, metadata={
+        "help": "Jaccard of canonical code shingles at or above which the code tier flags a record "
+                "(chosen on the development set's tuning half: docs/auditors/contamination.md)"})
+    code_candidates: int = field(default=5, metadata={
+        "help": "best benchmark items kept per record, and top records listed per benchmark item, within 0.2 "
+                "of code_threshold (coverage, calibration)"})
     llm_judge: bool = field(default=False, metadata={
         "help": "ask an LLM whether each record and its nearest benchmark item are the same problem "
                 "(llm-decontaminator's second stage); a 'same' verdict flags the record"})
@@ -80,6 +96,7 @@ CACHE_SCHEMA = {
     "contamination_item": pl.String,
     "contamination_similarity": pl.Float64,
     "contamination_matched_ngrams": pl.Int64,
+    **CODE_SCHEMA,
     # evidence, kept in the cache but not among the audit columns
     "ngram_benchmark": pl.String,
     "ngram_item": pl.String,
@@ -128,6 +145,13 @@ class Contamination(Auditor):
             raise AssayError(f"contamination: ngram must be an integer from 1 to {MAX_NGRAM}, not {cfg.ngram!r}")
         if not isinstance(cfg.min_overlap, int) or cfg.min_overlap < 1:
             raise AssayError(f"contamination: min_overlap must be an integer >= 1, not {cfg.min_overlap!r}")
+        if not isinstance(cfg.code_ngram, int) or not 1 <= cfg.code_ngram <= MAX_NGRAM:
+            raise AssayError(f"contamination: code_ngram must be an integer from 1 to {MAX_NGRAM}, "
+                             f"not {cfg.code_ngram!r}")
+        if not isinstance(cfg.code_candidates, int) or cfg.code_candidates < 1:
+            raise AssayError(f"contamination: code_candidates must be an integer >= 1, not {cfg.code_candidates!r}")
+        if not isinstance(cfg.code_threshold, (int, float)) or not 0 < cfg.code_threshold <= 1:
+            raise AssayError(f"contamination: code_threshold must be a Jaccard in (0, 1], not {cfg.code_threshold!r}")
         if not isinstance(cfg.threshold, (int, float)) or not 0 < cfg.threshold <= 1:
             raise AssayError(f"contamination: threshold must be a cosine similarity in (0, 1], not {cfg.threshold!r}")
         check_search(cfg, "contamination")
@@ -141,6 +165,7 @@ class Contamination(Auditor):
         self._benchmarks = load_benchmarks(list(cfg.benchmarks))
         self._items = benchmark_items(self._benchmarks)
         self._index: BenchmarkIndex | None = None  # built on the first batch that is not cached
+        self._code: CodeIndex | None = None
         self.search = None
 
     def map_key(self) -> MapKey:
@@ -156,6 +181,8 @@ class Contamination(Auditor):
     def map(self, batch: pl.DataFrame) -> pl.DataFrame:
         if self._index is None:
             self._index = BenchmarkIndex(self._items, self.config.ngram)
+        if self._code is None and self.config.code:
+            self._code = CodeIndex(self._items, self.config.code_ngram)
         return self._compute(batch, self._items, self._index, self._ctx)
 
     def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:
@@ -171,8 +198,14 @@ class Contamination(Auditor):
                 contamination_flagged=pl.col("contamination_flagged") | pl.col("contamination_judge").fill_null(False))
             summary["judge"] = judge_summary
             summary["flagged_records"] = int(columns["contamination_flagged"].sum())
+        if cfg.code:
+            summary["code"] = code_summary(found, self._benchmarks, items, cfg)
+        summary["near_threshold"] = near_threshold(found, cfg)
+        summary["coverage"] = coverage(found, rows, self._benchmarks, columns["contamination_flagged"])
         details = {"evidence": self._evidence(found, rows, items),
                    "near_misses": self._near_misses(found, rows, items)}
+        if cfg.code:
+            details["item_candidates"] = item_candidates(found, rows, items, cfg.code_candidates)
         return AuditResult(columns=columns, summary=summary, details=details)
 
     # per record ------------------------------------------------------------------------------
@@ -196,20 +229,31 @@ class Contamination(Auditor):
             similarity, nearest = self._nearest(missing, items, ctx)
         semantic_flag = similarity >= cfg.threshold  # NaN (tier off) compares False
 
-        chosen = np.where(ngram_flag, ngram_best, np.where(semantic_flag, nearest, -1))
+        if cfg.code:
+            code = self._code.match(missing[cfg.column], cfg.code_threshold, cfg.code_candidates)
+        else:
+            code = pl.DataFrame({c: pl.Series([None] * n, dtype=t) for c, t in CODE_SCHEMA.items()}).with_columns(
+                contamination_code=pl.lit(False), code_found=pl.lit(False), code_fallback=pl.lit(False),
+                code_candidates=pl.lit([], dtype=pl.List(pl.Int32)),
+                code_candidate_scores=pl.lit([], dtype=pl.List(pl.Float32)))
+        code_flag = code["contamination_code"].to_numpy()
+        code_best = code["code_item_index"].fill_null(-1).to_numpy().astype(np.int64)
+        # the item named: an n-gram hit is the surest, then the code tier, then the embedding tier
+        chosen = np.where(ngram_flag, ngram_best, np.where(code_flag, code_best, np.where(semantic_flag, nearest, -1)))
 
         def pick(values: list[str], idx: np.ndarray) -> list[str | None]:
             return [values[i] if i >= 0 else None for i in idx.tolist()]
 
         return pl.DataFrame({
             "id": missing["id"],
-            "contamination_flagged": ngram_flag | semantic_flag,
+            "contamination_flagged": ngram_flag | semantic_flag | code_flag,
             "contamination_ngram": ngram_flag,
             "contamination_semantic": semantic_flag,
             "contamination_benchmark": pick(bench_names, chosen),
             "contamination_item": pick(item_ids, chosen),
             "contamination_similarity": [None if np.isnan(s) else round(float(s), 6) for s in similarity],
             "contamination_matched_ngrams": matched,
+            **{c: code[c] for c in CODE_SCHEMA},
             "ngram_benchmark": pick(bench_names, ngram_best),
             "ngram_item": pick(item_ids, ngram_best),
             "ngram_examples": examples,
@@ -303,6 +347,7 @@ class Contamination(Auditor):
             "ngram_records": int(found["contamination_ngram"].sum()),
             "semantic_records": int(found["contamination_semantic"].sum()),
             "semantic_only_records": int((found["contamination_semantic"] & ~found["contamination_ngram"]).sum()),
+            "code_records": int(found["contamination_code"].sum()),
             "benchmark_items": items.height,
             "benchmark_fingerprint": fingerprint(items),
             "cached_records": cached,
@@ -331,16 +376,18 @@ class Contamination(Auditor):
         bench = items.select(pl.col("benchmark").alias("contamination_benchmark"),
                              pl.col("item").alias("contamination_item"), pl.col("text").alias("benchmark_text"))
         flagged = self._with_rows(found.filter(pl.col("contamination_flagged")), rows)
-        tier = (pl.when(pl.col("contamination_ngram") & pl.col("contamination_semantic")).then(pl.lit("ngram+semantic"))
-                .when(pl.col("contamination_ngram")).then(pl.lit("ngram")).otherwise(pl.lit("semantic")))
-        return flagged.join(bench, on=["contamination_benchmark", "contamination_item"], how="left",
-                            maintain_order="left").select(
+        tier = pl.concat_str([pl.when(pl.col(f"contamination_{t}")).then(pl.lit(t)) for t in TIERS],
+                             separator="+", ignore_nulls=True)
+        joined = flagged.join(bench, on=["contamination_benchmark", "contamination_item"], how="left",
+                              maintain_order="left")
+        return code_evidence(joined, items).select(
             "row", "id", tier.alias("tier"),
             pl.col("contamination_benchmark").alias("benchmark"), pl.col("contamination_item").alias("item"),
-            "benchmark_text", "record_text",
+            "benchmark_text", "benchmark_code", "record_text",
             pl.col("contamination_matched_ngrams").alias("matched_ngrams"),
             pl.col("ngram_examples").alias("ngrams"),
-            pl.col("contamination_similarity").alias("similarity"))
+            pl.col("contamination_similarity").alias("similarity"),
+            pl.col("contamination_code_similarity").alias("code_similarity"), "code_overlap")
 
     def _near_misses(self, found: pl.DataFrame, rows: Rows, items: pl.DataFrame) -> pl.DataFrame:
         """Unflagged records closest to being flagged (similarity within 0.1 of the threshold, or some
@@ -365,7 +412,8 @@ class Contamination(Auditor):
             pl.col("contamination_matched_ngrams").alias("matched_ngrams"), pl.col("ngram_examples").alias("ngrams"))
 
 
+TIERS = ("ngram", "code", "semantic")
+
+
 def _tier(row: dict) -> str:
-    if row["contamination_ngram"] and row["contamination_semantic"]:
-        return "ngram+semantic"
-    return "ngram" if row["contamination_ngram"] else "semantic"
+    return "+".join(t for t in TIERS if row[f"contamination_{t}"])

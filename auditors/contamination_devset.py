@@ -6,7 +6,8 @@ the same on every machine:
 
 - HumanEval (prompt + canonical solution): identifiers renamed (function, arguments, locals), `for`
   loops rewritten as `while` loops, list comprehensions as loops and append-loops as comprehensions,
-  adjacent independent assignments swapped, the docstring reworded from templates (or dropped); the
+  adjacent independent assignments swapped, the docstring's prose (its examples dropped) reworded with
+  synonyms and a template (or dropped); the
   record asks for the program in its own words and answers with the code, fenced or bare.
 - GSM8K test questions: words swapped for synonyms, the question sentence moved first, a template
   frame around it.
@@ -37,6 +38,13 @@ _SYNONYMS = {"bought": "purchased", "buys": "purchases", "has": "owns", "have": 
              "total": "overall", "How many": "What number of", "how many": "what number of", "gets": "receives",
              "makes": "earns", "sells": "sold", "spent": "paid", "wants": "would like", "needs": "requires",
              "started": "began", "starts": "begins", "If": "Suppose", "then": "after that", "finds": "discovers"}
+_DESC_SYNONYMS = {"Return": "Give back", "return": "give back", "given": "provided", "Given": "Provided",
+                  "list": "sequence", "string": "text", "number": "value", "numbers": "values",
+                  "integer": "whole number",
+                  "integers": "whole numbers", "function": "routine", "Write": "Create", "write": "create",
+                  "if": "when", "each": "every", "element": "entry", "elements": "entries",
+                  "returns": "gives back", "input": "argument", "should": "must", "Check": "Test", "check": "test",
+                  "find": "compute", "Find": "Compute", "number of": "count of", "contains": "holds"}
 _FRAMES = ["{q}", "Solve this word problem: {q}", "Here is a math question. {q}", "{q} Show your reasoning.",
            "Question: {q}"]
 
@@ -131,7 +139,7 @@ def rephrase_program(prompt: str, solution: str, rng: random.Random) -> tuple[st
     funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
     entry = funcs[-1]
     doc = ast.get_docstring(entry) or ""
-    desc = _doc_description(doc)
+    desc = _swap_words(_doc_description(doc), _DESC_SYNONYMS, rng, 0.9)
     if entry.body and isinstance(entry.body[0], ast.Expr) and isinstance(entry.body[0].value, ast.Constant):
         entry.body = entry.body[1:] or [ast.Pass()]
     comp = rng.random() < 0.8
@@ -147,11 +155,15 @@ def rephrase_program(prompt: str, solution: str, rng: random.Random) -> tuple[st
 
 # ---- natural-language rephrasings ---------------------------------------------------------------------
 
-def rephrase_question(question: str, rng: random.Random) -> str:
-    text = question
-    for old, new in _SYNONYMS.items():
-        if rng.random() < 0.7:
+def _swap_words(text: str, table: dict[str, str], rng: random.Random, p: float = 0.7) -> str:
+    for old, new in table.items():
+        if rng.random() < p:
             text = re.sub(rf"\b{re.escape(old)}\b", new, text)
+    return text
+
+
+def rephrase_question(question: str, rng: random.Random) -> str:
+    text = _swap_words(question, _SYNONYMS, rng)
     sentences = re.split(r"(?<=[.?!])\s+", text.strip())
     if len(sentences) > 2 and sentences[-1].endswith("?") and rng.random() < 0.6:
         sentences = [sentences[-1]] + sentences[:-1]  # the question first, then the facts

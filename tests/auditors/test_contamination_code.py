@@ -112,3 +112,13 @@ def test_a_benchmark_without_solutions_runs_on_its_prompts(store, tmp_path):
     assert cols["contamination_code"].to_list() == [True, False, False]
     assert cols["contamination_code_similarity"][0] == pytest.approx(1.0)
     assert summary["coverage"]["code_bench"]["text"] == "1 of 1 code_bench items"
+
+
+def test_the_report_card_shows_coverage_and_the_bins(devset_audit):
+    from assay.auditors.report import build_report, render_html
+
+    store, version, _, summary, _ = devset_audit
+    page = render_html(build_report(store, version.id))
+    cover = summary["coverage"]["human-eval"]
+    assert "Benchmark coverage" in page and cover["text"] in page
+    assert cover["covered"][0]["item"] in page and "Similarity near each threshold" in page

@@ -60,7 +60,7 @@ class ContaminationConfig(SearchOptions):
     semantic: bool = field(default=True, metadata={
         "help": "embedding tier: flag records whose nearest benchmark item has cosine >= threshold "
                 "(catches rephrasings; costs one embedding per record, shared with other auditors)"})
-    threshold: float = field(default=0.85, metadata={
+    threshold: float = field(default=0.80, metadata={
         "help": "cosine similarity at or above which the embedding tier flags a record"})
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": "sentence-transformers model of the embedding tier (name or local path)"})

@@ -122,7 +122,10 @@ def semantic_audit(tmp_path_factory, shared_data_module):
                        for r in store.read(source).head(175 if "seed" in name else 150).iter_rows(named=True)]
     rows = [{"instruction": text, "input": "", "output": answer} for _, _, text, answer in PARAPHRASES + [NEAR_MISS]]
     version = import_source(store, str(write_jsonl(tmp / "mixed.jsonl", clean_rows + rows)), "mixed")
-    auditor = Contamination(ContaminationConfig(benchmarks=[str(gsm_file), f"{he_file}:prompt"], column="prompt"))
+    # threshold 0.85, above the default 0.80 (chosen on the development set: docs), so that the loose
+    # rephrasing (cosine 0.82) stays a near miss for the near-miss list to show
+    auditor = Contamination(ContaminationConfig(benchmarks=[str(gsm_file), f"{he_file}:prompt"], column="prompt",
+                                                threshold=0.85))
     summary = run_audit(store, version.id, [auditor])["auditors"]["contamination"]
     return {"store": store, "version": version, "summary": summary, "auditor": auditor,
             "clean": version.records - len(rows)}
@@ -169,6 +172,8 @@ def test_near_misses_list_the_loose_rephrasing(semantic_audit):
     row = clean + len(PARAPHRASES)
     assert not cols["contamination_flagged"][row]
     assert 0.75 <= cols["contamination_similarity"][row] < 0.85
+    # at the default threshold the loose rephrasing is caught
+    assert cols["contamination_similarity"][row] >= ContaminationConfig().threshold
     near = audit_detail(store, version, "contamination", "near_misses")
     hit = near.filter(pl.col("row") == row)
     assert hit.height == 1 and hit["item"][0] == "HumanEval/11"

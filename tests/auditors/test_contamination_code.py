@@ -145,3 +145,31 @@ def test_embedding_tier_meets_the_nl_goal_on_rephrased_gsm8k(store, tmp_path):
     # the embedding tier alone: most rephrasings keep no 13-word run
     semantic = scores(records, cols["contamination_semantic"].to_list(), "held-out")
     assert semantic["recall"] >= 0.9 and semantic["fp_rate"] <= 0.005, semantic
+
+
+def test_the_judge_against_the_real_embedded_server(store, tmp_path):
+    """The judge flow with the project's own small model (its verdicts are poor; the flow is real): the
+    code candidate is judged with a stored raw reply, and a second audit with the server gone gets the
+    same verdicts from the LLM layer's journal and cache without asking again (the model named: without
+    a name the client must ask the endpoint for it, and an unreachable endpoint is an error, never "clean")."""
+    from helpers import write_jsonl
+
+    from assay.core.llm.server import EMBEDDED_MODEL, serve
+
+    program = ("def count_vowels(word):\n    total = 0\n    for ch in word:\n        if ch in 'aeiou':\n"
+               "            total += 1\n    return total\n")
+    bench = write_jsonl(tmp_path / "code.jsonl", [{"task_id": "C/1", "prompt": program}])
+    renamed = program.replace("count_vowels", "vowel_tally").replace("total", "n").replace("ch", "c")
+    version = imported_version(store, "j", [{"instruction": "Count the vowels.", "input": "", "output": renamed}])
+    with serve(n_threads=1, n_ctx=2048) as srv:
+        config = {"benchmarks": [f"{bench}:prompt"], "semantic": False, "llm_judge": True,
+                  "judge_base_url": srv.base_url, "judge_model": EMBEDDED_MODEL}
+        first = run_audit(store, version.id, [make_auditor("contamination", config)])["auditors"]["contamination"]
+    judged = audit_detail(store, version, "contamination", "judge")
+    assert judged.height == 1 and judged["data_type"][0] == "code" and judged["via"][0] == "code"
+    assert judged["verdict"][0] in ("same", "different", "unjudged")
+    if judged["verdict"][0] != "unjudged":
+        assert judged["raw_reply"][0]
+    again = run_audit(store, version.id, [make_auditor("contamination", config)])["auditors"]["contamination"]
+    assert again["judge"] == first["judge"]
+    assert audit_detail(store, version, "contamination", "judge")["verdict"].to_list() == judged["verdict"].to_list()

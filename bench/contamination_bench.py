@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Benchmark of the contamination auditor: the n-gram tier against a plain Python scan, and the
-embedding tier cold and warm.
+code tier against a plain-Python reference, and the embedding tier cold and warm.
 
 Run by hand (it is not a test), from the repository root:
 
@@ -17,7 +17,13 @@ What it measures:
                  " ".join(13-gram) strings per record, intersected with the set of all benchmark
                  13-grams, as GPT-3 / lm-evaluation-harness describe it). Asserts identical flagged
                  records and identical matched-n-gram counts; prints both times and the ratio (goal >= 10x).
-2. embedding     the auditor with the embedding tier on --embed-records CodeAlpaca records in a fresh
+2. code tier     the code development set (auditors/contamination_devset.py: every HumanEval problem
+                 rephrased + 20 verbatim, among all of CodeAlpaca) x --code-copies against the 164
+                 HumanEval solutions: the code tier (`CodeIndex.match`) against a plain-Python reference
+                 of the same canonicalisation + Jaccard (shingle sets, intersected with every item's).
+                 Asserts the same best Jaccard for every record; prints both times, the ratio (goal >=
+                 10x) and the share spent canonicalising (the same code on both sides).
+3. embedding     the auditor with the embedding tier on --embed-records CodeAlpaca records in a fresh
                  workspace: cold (records and benchmark items embedded), re-run (served from the
                  contamination cache), and with another n-gram length (contamination cache cold,
                  embedding cache warm). Records/s for each, and the share of these clean records that

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from .code_canon import canonicalise, extract_code
+from .code_canon import Canonical, canonicalise, extract_code
 from .minhash import MinHashConfig
 from .minhash_signatures import shingle_hashes
 
@@ -99,7 +99,9 @@ class CodeIndex:
     def match(self, texts: pl.Series, threshold: float, candidates: int) -> pl.DataFrame:
         """CODE_SCHEMA columns for each text."""
         n = texts.len()
-        canon = [canonicalise(extract_code(t)) for t in texts.fill_null("").to_list()]
+        codes = [extract_code(t) for t in texts.fill_null("").to_list()]
+        memo: dict[str, Canonical] = {}  # duplicated code (copies, templated answers) is canonicalised once
+        canon = [memo[c] if c in memo else memo.setdefault(c, canonicalise(c)) for c in codes]
         found = np.array([bool(c.tokens) for c in canon])
         fallback = np.array([c.fallback for c in canon])
         rec, hashes = _unique_shingles(pl.Series([shingle_text(c.tokens) for c in canon], dtype=pl.String),

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark of the contamination auditor: the n-gram tier against a plain Python scan, and the
-code tier against a plain-Python reference, and the embedding tier cold and warm.
+"""Benchmark of the contamination auditor: the n-gram tier against a plain Python scan, the code tier
+against a plain-Python reference, and the embedding tier cold and warm.
 
 Run by hand (it is not a test), from the repository root:
 
@@ -307,7 +307,8 @@ def main() -> None:
     parser.add_argument("--embed-records", type=int, default=1500,
                         help="CodeAlpaca records for the embedding part (0: skip)")
     parser.add_argument("--code-copies", type=int, default=1, help="times the code development set is repeated "
-                        "(code part; 0 skips it)")
+                        "(code part; 0 skips it; above 1 the code tier canonicalises each distinct program "
+                        "once and the reference does not, so the ratio flatters the tier)")
     parser.add_argument("--json-out", help="also write the figures as JSON here")
     args = parser.parse_args()
     info = machine()

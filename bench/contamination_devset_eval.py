@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests" / "auditors"))
 from auditor_helpers import codealpaca, gsm8k, human_eval  # noqa: E402
 from helpers import SHARED_DATA, imported_version  # noqa: E402
 
-from assay.auditors.contamination_devset import code_devset, gsm8k_devset  # noqa: E402
+from assay.auditors.contamination_devset import code_devset, gsm8k_devset, llm_rephrasings  # noqa: E402
 from assay.auditors.runner import make_auditor, run_audit  # noqa: E402
 from assay.core.audits import audit_columns  # noqa: E402
 from assay.core.store import Store  # noqa: E402
@@ -107,10 +107,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-semantic", action="store_true", help="skip the embedding tier (minutes on 2 cores)")
     parser.add_argument("--gsm8k-items", type=int, default=200, help="GSM8K test questions rephrased")
+    parser.add_argument("--llm-items", type=int, default=0, help="HumanEval problems also rephrased by the embedded "
+                        "LLM (SmolLM2-135M) and planted, held out (their recall is reported apart)")
     args = parser.parse_args()
     clean = codealpaca(SHARED_DATA)
     semantic = not args.no_semantic
-    code = audit("code", code_devset(clean, human_eval()), ["human-eval"], semantic)
+    code_records = code_devset(clean, human_eval())
+    llm_counts = None
+    if args.llm_items:
+        from assay.core.llm import LLMConfig
+        from assay.core.llm.server import serve
+
+        with tempfile.TemporaryDirectory() as tmp, serve(n_ctx=2048) as srv:
+            config = LLMConfig(base_url=srv.base_url, temperature=0.0, seed=0, max_tokens=512, timeout_s=600,
+                               concurrency=1)
+            extra, llm_counts = llm_rephrasings(Store(Path(tmp)), human_eval()[:args.llm_items], config)
+        code_records = code_records + extra
+    code = audit("code", code_records, ["human-eval"], semantic)
     nl = audit("gsm8k", gsm8k_devset(clean, gsm8k(SHARED_DATA), n=args.gsm8k_items),
                [str(SHARED_DATA / "benchmarks/gsm8k_test.jsonl")], semantic)
     # the code threshold on the code set's tuning half; the embedding threshold on both sets' tuning
@@ -121,6 +134,12 @@ def main() -> None:
     thresholds = {k: t for k, (t, _) in chosen.items()}
     result = {"chosen_on_tuning_half": {k: {"threshold": t, "tune_f1": f} for k, (t, f) in chosen.items()},
               "code": report(code, thresholds), "gsm8k": report(nl, thresholds)}
+    if llm_counts is not None:
+        cols = code["cols"]
+        found = {t: sum(1 for r, f in zip(code_records, cols[c].to_list()) if r.kind == "llm-rephrased" and f)
+                 for t, c in (("code", "contamination_code"), ("ngram", "contamination_ngram"),
+                              ("any tier", "contamination_flagged"))}
+        result["llm_rephrased"] = {**llm_counts, "found": found}
     print(json.dumps(result, indent=2))
 
 

@@ -188,3 +188,25 @@ def test_pairs_scored_in_chunks_equal_one_pass(monkeypatch):
     whole = index.match(texts, 0.73, 5)
     monkeypatch.setattr(code_tier, "PAIR_BUDGET", 500)
     assert whole.equals(index.match(texts, 0.73, 5)) and whole["contamination_code"].sum() > 100
+
+
+def test_llm_rephrasings_go_through_the_client_and_reject_what_does_not_parse(store):
+    """Against the fault server: its echo of the request carries the original program (planted, counted
+    as unchanged); a request it fails is dropped, not planted."""
+    from fault_server import FaultServer
+
+    from assay.auditors.contamination_devset import llm_rephrasings, parse_program
+    from assay.core.llm import LLMConfig
+
+    problems = [dict(p) for p in human_eval()[:3]]
+    problems[2]["prompt"] += "    # [[always:500]]\n"  # the server's fault tag: this one fails
+    with FaultServer(seed=0, fault_rate=0.0) as srv:
+        records, counts = llm_rephrasings(store, problems, LLMConfig(base_url=srv.base_url, model=srv.model,
+                                                                     max_retries=0))
+    assert counts == {"asked": 3, "parsed": 2, "unchanged": 2}
+    assert [r.item for r in records] == ["HumanEval/0", "HumanEval/1"]
+    assert all(r.kind == "llm-rephrased" and r.split == "held-out" and "```python" in r.output for r in records)
+    with pytest.raises(SyntaxError):
+        parse_program("```python\ndef broken(:\n```")
+    with pytest.raises(ValueError, match="no function"):
+        parse_program("x = 1\ny = 2\n")

@@ -76,8 +76,8 @@ class ContaminationConfig(SearchOptions):
         "help": "best benchmark items kept per record, and top records listed per benchmark item, within 0.2 "
                 "of code_threshold (coverage, calibration)"})
     llm_judge: bool = field(default=False, metadata={
-        "help": "ask an LLM whether each record and its nearest benchmark item are the same problem "
-                "(llm-decontaminator's second stage); a 'same' verdict flags the record"})
+        "help": "ask an LLM whether each record and its candidate benchmark items (nearest by embedding, best by "
+                "code Jaccard) are the same problem (llm-decontaminator's second stage); 'same' flags the record"})
     judge_min_similarity: float = field(default=0.6, metadata={
         "help": "records whose nearest benchmark item is at least this cosine-similar go to the judge"})
     judge_base_url: str | None = field(default=None, metadata={

@@ -211,6 +211,12 @@ def test_llm_judge_and_bad_settings_are_refused():
         Contamination(ContaminationConfig(ngram=0))
     with pytest.raises(AssayError, match="threshold"):
         Contamination(ContaminationConfig(threshold=1.5))
+    with pytest.raises(AssayError, match="code_threshold must be a Jaccard in"):
+        Contamination(ContaminationConfig(code_threshold=0))
+    with pytest.raises(AssayError, match="code_ngram must be an integer"):
+        Contamination(ContaminationConfig(code_ngram=0))
+    with pytest.raises(AssayError, match="code_candidates must be an integer"):
+        Contamination(ContaminationConfig(code_candidates=0))
     assert Contamination().config.benchmarks == ["human-eval"] and Contamination().config.ngram == 13
 
 

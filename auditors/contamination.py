@@ -336,27 +336,32 @@ class Contamination(Auditor):
             pl.col("contamination_code_similarity").alias("code_similarity"), "code_overlap")
 
     def _near_misses(self, found: pl.DataFrame, rows: Rows, items: pl.DataFrame) -> pl.DataFrame:
-        """Unflagged records closest to being flagged (similarity within 0.1 of the threshold, or some
-        shared n-grams below min_overlap), to calibrate the threshold: at most 50, closest first."""
+        """Unflagged records closest to being flagged (embedding or code similarity within 0.1 of its
+        threshold, or some shared n-grams below min_overlap), to calibrate the thresholds: at most 50,
+        closest first."""
         cfg: ContaminationConfig = self.config
         bench = items.select(pl.col("benchmark").alias("near_benchmark"), pl.col("item").alias("near_item"),
                              pl.col("text").alias("benchmark_text"))
-        by_ngram = pl.col("contamination_matched_ngrams") > 0  # shared n-grams: show that item, else the nearest
-        near = found.with_columns(
-            near_benchmark=pl.when(by_ngram).then("ngram_benchmark").otherwise("nearest_benchmark"),
-            near_item=pl.when(by_ngram).then("ngram_item").otherwise("nearest_item"),
-        ).filter(
+        code_of = items.with_row_index("code_item_index").select(
+            pl.col("code_item_index").cast(pl.Int32), pl.col("benchmark").alias("code_benchmark"),
+            pl.col("item").alias("code_item"))
+        by_ngram = pl.col("contamination_matched_ngrams") > 0  # shared n-grams: show that item
+        by_code = pl.col("contamination_code_similarity") >= cfg.code_threshold - 0.1  # else the code match
+        near = found.filter(
             ~pl.col("contamination_flagged")
-            & ((pl.col("contamination_similarity") >= cfg.threshold - 0.1)
-               | (pl.col("contamination_matched_ngrams") > 0)))
-        near = near.sort(["contamination_matched_ngrams", "contamination_similarity"], descending=True,
-                         nulls_last=True).head(50)
+            & ((pl.col("contamination_similarity") >= cfg.threshold - 0.1) | by_code.fill_null(False) | by_ngram)
+        ).join(code_of, on="code_item_index", how="left", maintain_order="left").with_columns(
+            near_benchmark=pl.when(by_ngram).then("ngram_benchmark").when(by_code).then("code_benchmark")
+            .otherwise("nearest_benchmark"),
+            near_item=pl.when(by_ngram).then("ngram_item").when(by_code).then("code_item").otherwise("nearest_item"))
+        near = near.sort(["contamination_matched_ngrams", "contamination_code_similarity", "contamination_similarity"],
+                         descending=True, nulls_last=True).head(50)
         near = self._with_rows(near, rows)
         return near.join(bench, on=["near_benchmark", "near_item"], how="left", maintain_order="left").select(
             "row", "id", pl.col("near_benchmark").alias("benchmark"), pl.col("near_item").alias("item"),
             "benchmark_text", "record_text", pl.col("contamination_similarity").alias("similarity"),
+            pl.col("contamination_code_similarity").alias("code_similarity"),
             pl.col("contamination_matched_ngrams").alias("matched_ngrams"), pl.col("ngram_examples").alias("ngrams"))
-
 
 TIERS = ("ngram", "code", "semantic")
 

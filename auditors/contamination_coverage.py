@@ -16,6 +16,7 @@ from .contamination_code import canonical_overlap, item_code
 
 RECORDS_PER_ITEM = 10  # record ids listed per covered item in the summary (the evidence has them all)
 BIN = 0.05  # width of the similarity bins around a threshold
+OVERLAPS = 500  # code-tier evidence rows given a canonical overlap (difflib on two programs: ms each)
 
 
 def coverage(found: pl.DataFrame, rows: Rows, benchmarks: list[Benchmark], flagged: pl.Series) -> dict[str, Any]:
@@ -101,8 +102,8 @@ def item_candidates(found: pl.DataFrame, rows: Rows, items: pl.DataFrame, k: int
 
 
 def code_evidence(flagged: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
-    """`flagged` (with record_text and the chosen item) plus the item's code view and, for a record the
-    code tier flagged, the canonical overlap of the two programs."""
+    """`flagged` (with record_text and the chosen item) plus the item's code view and, for the first
+    OVERLAPS records the code tier flagged, the canonical overlap of the two programs."""
     code_of = {(b, i): item_code(t, c).code for b, i, t, c in items.select("benchmark", "item", "text", "code")
                .iter_rows()}
     bench_code, overlap = [], []
@@ -110,7 +111,8 @@ def code_evidence(flagged: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
                             "record_text").iter_rows(named=True):
         code = code_of.get((r["contamination_benchmark"], r["contamination_item"])) or None
         bench_code.append(code)
-        overlap.append(canonical_overlap(r["record_text"] or "", code) if r["contamination_code"] and code else None)
+        wanted = r["contamination_code"] and code and len(overlap) - overlap.count(None) < OVERLAPS
+        overlap.append(canonical_overlap(r["record_text"] or "", code) if wanted else None)
     dtype = pl.Struct({"record_canonical": pl.String, "item_canonical": pl.String,
                        "aligned_item_tokens": pl.Float64, "longest_shared_run": pl.String})
     return flagged.with_columns(benchmark_code=pl.Series(bench_code, dtype=pl.String),

@@ -76,6 +76,17 @@ def test_coverage_names_the_items_and_their_records(devset_audit):
     assert len(bins) == 8 and bins[4]["from"] == pytest.approx(summary["code"]["threshold"])
 
 
+def test_near_misses_include_programs_just_below_the_code_threshold(devset_audit):
+    store, version, _, summary, cols = devset_audit
+    t = summary["code"]["threshold"]
+    below = cols.filter(~pl.col("contamination_flagged") & (pl.col("contamination_code_similarity") >= t - 0.1))
+    assert below.height > 0  # CodeAlpaca has programs close to HumanEval ones
+    near = audit_detail(store, version, "contamination", "near_misses")
+    code_near = near.filter(pl.col("code_similarity") >= t - 0.1)
+    assert code_near.height == min(below.height, 50) and (code_near["code_similarity"] < t).all()
+    assert code_near["item"].str.starts_with("HumanEval/").all()
+
+
 def test_each_item_lists_its_top_records_and_the_evidence_shows_both_programs(devset_audit):
     store, version, records, _, cols = devset_audit
     candidates = audit_detail(store, version, "contamination", "item_candidates")

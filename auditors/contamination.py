@@ -1,6 +1,6 @@
 """Benchmark contamination: records that contain (or rephrase) items of evaluation benchmarks.
 
-Two tiers, run on one text view of every record (`column`, default `text` = prompt + response):
+Three tiers, run on one text view of every record (`column`, default `text` = prompt + response):
 
 (a) n-gram overlap, as GPT-3's decontamination and lm-evaluation-harness do it: text normalised
     (lowercased, Unicode punctuation and symbols deleted, split on whitespace), every run of `ngram`
@@ -13,8 +13,13 @@ Two tiers, run on one text view of every record (`column`, default `text` = prom
 (b) embedding nearest neighbour, as lm-sys llm-decontaminator's first stage: cosine similarity of
     the record's embedding (the shared embedding cache, `auditors/embeddings.py`) to every benchmark
     item; at or above `threshold` the record is flagged. Catches rephrasings the n-grams miss.
-(c) optionally, an LLM judge over the nearest neighbours (llm-decontaminator's second stage), through the
-    project's LLM client: column `contamination_judge` (null where not judged or the call failed).
+(c) code (auditors/contamination_code.py): the record's code, canonicalised (names, comments, docstrings,
+    literals and loop forms normalised away), as shingles of canonical tokens; exact Jaccard to each
+    benchmark item's code (solution + prompt; the prompt alone where the benchmark has no solutions)
+    at or above `code_threshold` flags it. Catches the rephrased programs the other two miss.
+(d) optionally, an LLM judge over the embedding and code candidates (llm-decontaminator's second stage),
+    through the project's LLM client, a prompt per data type (auditors/contamination_judge.py): column
+    `contamination_judge` (null where not judged or a call failed: unjudged, never clean).
 
 Per-record results depend only on the record, the loaded benchmark texts and the config, so they
 are cached by record id under a namespace that includes a fingerprint of the benchmark texts.
@@ -22,9 +27,7 @@ are cached by record id under a namespace that includes a fingerprint of the ben
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -33,6 +36,9 @@ from assay.core.errors import AssayError
 
 from .base import AuditContext, Auditor, AuditResult, MapKey, Rows
 from .benchmarks import Benchmark, benchmark_items, fingerprint, load_benchmarks
+from .contamination_code import CODE_SCHEMA, CodeIndex
+from .contamination_coverage import code_evidence, code_summary, coverage, item_candidates, near_threshold
+from .contamination_judge import judge
 from .embedding_backends import BACKEND_HELP, backend_tag, check_backend, resolve_backend
 from .embeddings import DEFAULT_MODEL, embed_records
 from .neighbours import SearchInfo, SearchOptions, check_search, knn, method_for, options_of
@@ -54,14 +60,24 @@ class ContaminationConfig(SearchOptions):
     semantic: bool = field(default=True, metadata={
         "help": "embedding tier: flag records whose nearest benchmark item has cosine >= threshold "
                 "(catches rephrasings; costs one embedding per record, shared with other auditors)"})
-    threshold: float = field(default=0.85, metadata={
+    threshold: float = field(default=0.80, metadata={
         "help": "cosine similarity at or above which the embedding tier flags a record"})
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": "sentence-transformers model of the embedding tier (name or local path)"})
     backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
+    code: bool = field(default=True, metadata={
+        "help": "code tier: flag records whose code, canonicalised, shares at least code_threshold Jaccard of "
+                "canonical-token shingles with a benchmark item's code (catches renamed/restructured programs)"})
+    code_ngram: int = field(default=4, metadata={"help": "canonical tokens per code shingle"})
+    code_threshold: float = field(default=0.73, metadata={
+        "help": "Jaccard of canonical code shingles at or above which the code tier flags a record "
+                "(chosen on the development set's tuning half: docs/auditors/contamination.md)"})
+    code_candidates: int = field(default=5, metadata={
+        "help": "best benchmark items kept per record, and top records listed per benchmark item, within 0.2 "
+                "of code_threshold (coverage, calibration)"})
     llm_judge: bool = field(default=False, metadata={
-        "help": "ask an LLM whether each record and its nearest benchmark item are the same problem "
-                "(llm-decontaminator's second stage); a 'same' verdict flags the record"})
+        "help": "ask an LLM whether each record and its candidate benchmark items (nearest by embedding, best by "
+                "code Jaccard) are the same problem (llm-decontaminator's second stage); 'same' flags the record"})
     judge_min_similarity: float = field(default=0.6, metadata={
         "help": "records whose nearest benchmark item is at least this cosine-similar go to the judge"})
     judge_base_url: str | None = field(default=None, metadata={
@@ -80,6 +96,7 @@ CACHE_SCHEMA = {
     "contamination_item": pl.String,
     "contamination_similarity": pl.Float64,
     "contamination_matched_ngrams": pl.Int64,
+    **CODE_SCHEMA,
     # evidence, kept in the cache but not among the audit columns
     "ngram_benchmark": pl.String,
     "ngram_item": pl.String,
@@ -90,25 +107,6 @@ CACHE_SCHEMA = {
 COLUMNS = [c for c in CACHE_SCHEMA if c.startswith("contamination_")]
 
 
-JUDGE_PROMPT = Path(__file__).parent / "templates" / "contamination_judge.j2"
-
-
-def _parse_verdict(reply: str) -> bool:
-    """The judge's answer: JSON {"same": bool} where the endpoint gives it, else a leading yes/no."""
-    from assay.core.llm import parse_json
-
-    try:
-        value = parse_json(reply)
-        if isinstance(value, dict) and isinstance(value.get("same"), bool):
-            return value["same"]
-    except Exception:  # not JSON: read the words
-        pass
-    match = re.search(r"\b(yes|no|true|false)\b", (reply or "").lower())
-    if not match:
-        raise ValueError("the judge answered neither yes nor no")
-    return match.group(1) in ("yes", "true")
-
-
 class Contamination(Auditor):
     name = "contamination"
     Config = ContaminationConfig
@@ -116,9 +114,9 @@ class Contamination(Auditor):
     def __init__(self, config: ContaminationConfig | None = None):
         super().__init__(config)
         cfg: ContaminationConfig = self.config
-        if cfg.llm_judge and not cfg.semantic:
-            raise AssayError("contamination: the LLM judge reads the embedding tier's nearest items: "
-                             "turn semantic on, or llm_judge off")
+        if cfg.llm_judge and not (cfg.semantic or cfg.code):
+            raise AssayError("contamination: the LLM judge reads the embedding and code tiers' candidates: "
+                             "turn semantic or code on, or llm_judge off")
         if cfg.column not in ("text", "prompt", "response"):
             raise AssayError(f"contamination: column must be text, prompt or response, not {cfg.column!r}")
         check_backend(cfg.backend, "contamination")
@@ -128,6 +126,13 @@ class Contamination(Auditor):
             raise AssayError(f"contamination: ngram must be an integer from 1 to {MAX_NGRAM}, not {cfg.ngram!r}")
         if not isinstance(cfg.min_overlap, int) or cfg.min_overlap < 1:
             raise AssayError(f"contamination: min_overlap must be an integer >= 1, not {cfg.min_overlap!r}")
+        if not isinstance(cfg.code_ngram, int) or not 1 <= cfg.code_ngram <= MAX_NGRAM:
+            raise AssayError(f"contamination: code_ngram must be an integer from 1 to {MAX_NGRAM}, "
+                             f"not {cfg.code_ngram!r}")
+        if not isinstance(cfg.code_candidates, int) or cfg.code_candidates < 1:
+            raise AssayError(f"contamination: code_candidates must be an integer >= 1, not {cfg.code_candidates!r}")
+        if not isinstance(cfg.code_threshold, (int, float)) or not 0 < cfg.code_threshold <= 1:
+            raise AssayError(f"contamination: code_threshold must be a Jaccard in (0, 1], not {cfg.code_threshold!r}")
         if not isinstance(cfg.threshold, (int, float)) or not 0 < cfg.threshold <= 1:
             raise AssayError(f"contamination: threshold must be a cosine similarity in (0, 1], not {cfg.threshold!r}")
         check_search(cfg, "contamination")
@@ -140,6 +145,7 @@ class Contamination(Auditor):
         self._benchmarks = load_benchmarks(list(cfg.benchmarks))
         self._items = benchmark_items(self._benchmarks)
         self._index: BenchmarkIndex | None = None  # built on the first batch that is not cached
+        self._code: CodeIndex | None = None
 
     def map_key(self) -> MapKey:
         # hits depend on the benchmark texts too; and flags follow the vectors: `auto` is torch on a
@@ -157,6 +163,8 @@ class Contamination(Auditor):
     def map(self, batch: pl.DataFrame) -> pl.DataFrame:
         if self._index is None:
             self._index = BenchmarkIndex(self._items, self.config.ngram)
+        if self._code is None and self.config.code:
+            self._code = CodeIndex(self._items, self.config.code_ngram)
         return self._compute(batch, self._items, self._index, self._ctx)
 
     def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:
@@ -167,13 +175,22 @@ class Contamination(Auditor):
         counts = ctx.map_cache.get(self.name, {})
         summary = self._summary(found, rows, self._benchmarks, items, counts.get("hits", 0), counts.get("misses", 0))
         if cfg.llm_judge:
-            verdicts, judge_summary = self._judge(found, rows, items, ctx)
+            verdicts, judge_summary, judged = judge(found, rows, items, cfg, ctx)
             columns = columns.with_columns(contamination_judge=verdicts).with_columns(
                 contamination_flagged=pl.col("contamination_flagged") | pl.col("contamination_judge").fill_null(False))
             summary["judge"] = judge_summary
             summary["flagged_records"] = int(columns["contamination_flagged"].sum())
+            summary["flagged_rate"] = summary["flagged_records"] / max(found.height, 1)
+        if cfg.code:
+            summary["code"] = code_summary(found, self._benchmarks, items, cfg)
+        summary["near_threshold"] = near_threshold(found, cfg)
+        summary["coverage"] = coverage(found, rows, self._benchmarks, columns["contamination_flagged"])
         details = {"evidence": self._evidence(found, rows, items),
                    "near_misses": self._near_misses(found, rows, items)}
+        if cfg.llm_judge:
+            details["judge"] = judged
+        if cfg.code:
+            details["item_candidates"] = item_candidates(found, rows, items, cfg.code_candidates)
         return AuditResult(columns=columns, summary=summary, details=details)
 
     # per record ------------------------------------------------------------------------------
@@ -197,20 +214,31 @@ class Contamination(Auditor):
             similarity, nearest = self._nearest(missing, items, ctx)
         semantic_flag = similarity >= cfg.threshold  # NaN (tier off) compares False
 
-        chosen = np.where(ngram_flag, ngram_best, np.where(semantic_flag, nearest, -1))
+        if cfg.code:
+            code = self._code.match(missing[cfg.column], cfg.code_threshold, cfg.code_candidates)
+        else:
+            code = pl.DataFrame({c: pl.Series([None] * n, dtype=t) for c, t in CODE_SCHEMA.items()}).with_columns(
+                contamination_code=pl.lit(False), code_found=pl.lit(False), code_fallback=pl.lit(False),
+                code_candidates=pl.lit([], dtype=pl.List(pl.Int32)),
+                code_candidate_scores=pl.lit([], dtype=pl.List(pl.Float32)))
+        code_flag = code["contamination_code"].to_numpy()
+        code_best = code["code_item_index"].fill_null(-1).to_numpy().astype(np.int64)
+        # the item named: an n-gram hit is the surest, then the code tier, then the embedding tier
+        chosen = np.where(ngram_flag, ngram_best, np.where(code_flag, code_best, np.where(semantic_flag, nearest, -1)))
 
         def pick(values: list[str], idx: np.ndarray) -> list[str | None]:
             return [values[i] if i >= 0 else None for i in idx.tolist()]
 
         return pl.DataFrame({
             "id": missing["id"],
-            "contamination_flagged": ngram_flag | semantic_flag,
+            "contamination_flagged": ngram_flag | semantic_flag | code_flag,
             "contamination_ngram": ngram_flag,
             "contamination_semantic": semantic_flag,
             "contamination_benchmark": pick(bench_names, chosen),
             "contamination_item": pick(item_ids, chosen),
             "contamination_similarity": [None if np.isnan(s) else round(float(s), 6) for s in similarity],
             "contamination_matched_ngrams": matched,
+            **{c: code[c] for c in CODE_SCHEMA},
             "ngram_benchmark": pick(bench_names, ngram_best),
             "ngram_item": pick(item_ids, ngram_best),
             "ngram_examples": examples,
@@ -232,44 +260,6 @@ class Contamination(Auditor):
         # the benchmark items are the searched set: exact below exact_below items, else an HNSW graph
         sims, nearest, _ = knn(bench, vectors, 1, options_of(cfg))
         return np.clip(sims[:, 0].astype(np.float64), -1.0, 1.0), nearest[:, 0]
-
-    # tier (c): the LLM judge -------------------------------------------------------------------
-
-    def _judge(self, found: pl.DataFrame, rows: Rows, items: pl.DataFrame,
-               ctx: AuditContext) -> tuple[pl.Series, dict]:
-        """Ask the LLM about every record whose nearest benchmark item is close enough. Calls go
-        through the LLM layer's journal and cache (run `contamination-judge-<version>`), so a
-        re-audit asks nothing twice; a failed call leaves the verdict null and is listed with its
-        raw reply by `assay runs show RUN --failures`."""
-        from jinja2 import Template
-
-        from assay.core.llm import LLMClient, LLMConfig, Request
-
-        cfg: ContaminationConfig = self.config
-        texts = dict(zip(zip(items["benchmark"].to_list(), items["item"].to_list()), items["text"].to_list()))
-        eligible = (found["contamination_similarity"] >= cfg.judge_min_similarity).fill_null(False)
-        frame = self._with_rows(found.filter(eligible).select("row", "contamination_similarity", "nearest_benchmark",
-                                                                "nearest_item"), rows, text="text")
-        candidates = frame.unique(["id", "nearest_item"], keep="first", maintain_order=True)
-        prompt = Template(JUDGE_PROMPT.read_text(encoding="utf-8"))
-        requests = [Request(key=f"{r['id']}:{r['nearest_benchmark']}:{r['nearest_item']}",
-                            messages=[{"role": "user", "content": prompt.render(
-                                record=r["text"][:4000],
-                                item=texts[(r["nearest_benchmark"], r["nearest_item"])][:4000])}],
-                            params={"max_tokens": 64}, parse=_parse_verdict)
-                    for r in candidates.iter_rows(named=True)]
-        run_id = f"contamination-judge-{ctx.version_id[:16]}"
-        llm = LLMConfig(**{k: v for k, v in (("base_url", cfg.judge_base_url), ("model", cfg.judge_model))
-                           if v is not None}, temperature=0.0, seed=0)
-        results = LLMClient(llm).run_batch(run_id, requests, ctx.store) if requests else []
-        verdict = {r.key: (r.value if r.ok else None) for r in results}
-        keys = frame.select(pl.concat_str(["id", "nearest_benchmark", "nearest_item"], separator=":"))[:, 0]
-        values: list[bool | None] = [None] * found.height
-        for row, key in zip(frame["row"].to_list(), keys.to_list()):
-            values[row] = verdict.get(key)
-        series = pl.Series("contamination_judge", values, dtype=pl.Boolean)
-        return series, {"run_id": run_id, "judged": len(requests), "same": sum(1 for r in results if r.ok and r.value),
-                        "failed": sum(1 for r in results if not r.ok)}
 
     # summary and details ---------------------------------------------------------------------
 
@@ -303,6 +293,7 @@ class Contamination(Auditor):
             "ngram_records": int(found["contamination_ngram"].sum()),
             "semantic_records": int(found["contamination_semantic"].sum()),
             "semantic_only_records": int((found["contamination_semantic"] & ~found["contamination_ngram"]).sum()),
+            "code_records": int(found["contamination_code"].sum()),
             "benchmark_items": items.height,
             "benchmark_fingerprint": fingerprint(items),
             "cached_records": cached,
@@ -329,41 +320,49 @@ class Contamination(Auditor):
         bench = items.select(pl.col("benchmark").alias("contamination_benchmark"),
                              pl.col("item").alias("contamination_item"), pl.col("text").alias("benchmark_text"))
         flagged = self._with_rows(found.filter(pl.col("contamination_flagged")), rows)
-        tier = (pl.when(pl.col("contamination_ngram") & pl.col("contamination_semantic")).then(pl.lit("ngram+semantic"))
-                .when(pl.col("contamination_ngram")).then(pl.lit("ngram")).otherwise(pl.lit("semantic")))
-        return flagged.join(bench, on=["contamination_benchmark", "contamination_item"], how="left",
-                            maintain_order="left").select(
+        tier = pl.concat_str([pl.when(pl.col(f"contamination_{t}")).then(pl.lit(t)) for t in TIERS],
+                             separator="+", ignore_nulls=True)
+        joined = flagged.join(bench, on=["contamination_benchmark", "contamination_item"], how="left",
+                              maintain_order="left")
+        return code_evidence(joined, items).select(
             "row", "id", tier.alias("tier"),
             pl.col("contamination_benchmark").alias("benchmark"), pl.col("contamination_item").alias("item"),
-            "benchmark_text", "record_text",
+            "benchmark_text", "benchmark_code", "record_text",
             pl.col("contamination_matched_ngrams").alias("matched_ngrams"),
             pl.col("ngram_examples").alias("ngrams"),
-            pl.col("contamination_similarity").alias("similarity"))
+            pl.col("contamination_similarity").alias("similarity"),
+            pl.col("contamination_code_similarity").alias("code_similarity"), "code_overlap")
 
     def _near_misses(self, found: pl.DataFrame, rows: Rows, items: pl.DataFrame) -> pl.DataFrame:
-        """Unflagged records closest to being flagged (similarity within 0.1 of the threshold, or some
-        shared n-grams below min_overlap), to calibrate the threshold: at most 50, closest first."""
+        """Unflagged records closest to being flagged (embedding or code similarity within 0.1 of its
+        threshold, or some shared n-grams below min_overlap), to calibrate the thresholds: at most 50,
+        closest first."""
         cfg: ContaminationConfig = self.config
         bench = items.select(pl.col("benchmark").alias("near_benchmark"), pl.col("item").alias("near_item"),
                              pl.col("text").alias("benchmark_text"))
-        by_ngram = pl.col("contamination_matched_ngrams") > 0  # shared n-grams: show that item, else the nearest
-        near = found.with_columns(
-            near_benchmark=pl.when(by_ngram).then("ngram_benchmark").otherwise("nearest_benchmark"),
-            near_item=pl.when(by_ngram).then("ngram_item").otherwise("nearest_item"),
-        ).filter(
+        code_of = items.with_row_index("code_item_index").select(
+            pl.col("code_item_index").cast(pl.Int32), pl.col("benchmark").alias("code_benchmark"),
+            pl.col("item").alias("code_item"))
+        by_ngram = pl.col("contamination_matched_ngrams") > 0  # shared n-grams: show that item
+        by_code = pl.col("contamination_code_similarity") >= cfg.code_threshold - 0.1  # else the code match
+        near = found.filter(
             ~pl.col("contamination_flagged")
-            & ((pl.col("contamination_similarity") >= cfg.threshold - 0.1)
-               | (pl.col("contamination_matched_ngrams") > 0)))
-        near = near.sort(["contamination_matched_ngrams", "contamination_similarity"], descending=True,
-                         nulls_last=True).head(50)
+            & ((pl.col("contamination_similarity") >= cfg.threshold - 0.1) | by_code.fill_null(False) | by_ngram)
+        ).join(code_of, on="code_item_index", how="left", maintain_order="left").with_columns(
+            near_benchmark=pl.when(by_ngram).then("ngram_benchmark").when(by_code).then("code_benchmark")
+            .otherwise("nearest_benchmark"),
+            near_item=pl.when(by_ngram).then("ngram_item").when(by_code).then("code_item").otherwise("nearest_item"))
+        near = near.sort(["contamination_matched_ngrams", "contamination_code_similarity", "contamination_similarity"],
+                         descending=True, nulls_last=True).head(50)
         near = self._with_rows(near, rows)
         return near.join(bench, on=["near_benchmark", "near_item"], how="left", maintain_order="left").select(
             "row", "id", pl.col("near_benchmark").alias("benchmark"), pl.col("near_item").alias("item"),
             "benchmark_text", "record_text", pl.col("contamination_similarity").alias("similarity"),
+            pl.col("contamination_code_similarity").alias("code_similarity"),
             pl.col("contamination_matched_ngrams").alias("matched_ngrams"), pl.col("ngram_examples").alias("ngrams"))
+
+TIERS = ("ngram", "code", "semantic")
 
 
 def _tier(row: dict) -> str:
-    if row["contamination_ngram"] and row["contamination_semantic"]:
-        return "ngram+semantic"
-    return "ngram" if row["contamination_ngram"] else "semantic"
+    return "+".join(t for t in TIERS if row[f"contamination_{t}"])

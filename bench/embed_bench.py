@@ -53,7 +53,7 @@ from common import write_json
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "instructions" / "codealpaca_new.json"
 DATASET = "codealpaca"
-# cosine thresholds at which --backends also compares the contamination decision (the auditor's is 0.85)
+# cosine thresholds at which --backends also compares the contamination decision (auditor default: 0.80, was 0.85)
 CONTAM_THRESHOLDS = (0.6, 0.7)
 
 

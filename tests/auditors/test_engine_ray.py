@@ -17,7 +17,7 @@ from assay.auditors.runner import make_auditor, run_audit
 from assay.core.audits import audit_columns, latest_audits
 
 AUDITORS = ["exact", "minhash", "quality", "contamination"]
-OPTIONS = {"contamination": {"semantic": False}}  # the n-gram tier; the semantic tier runs on the driver
+OPTIONS = {"contamination": {"semantic": False}}  # the n-gram and code tiers; the semantic tier runs on the driver
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,9 @@ def test_both_engines_give_the_same_columns_and_summaries_on_50k_records(local_c
     local, local_columns = audit(local_store, local_version.id, "local")
     on_ray, ray_columns = audit(ray_store, ray_version.id, "ray")
     assert on_ray["engine"] == "ray" and local["engine"] == "local"
-    assert local_columns["minhash_duplicate"].sum() > 5_000 and local_columns["contamination_flagged"].sum() == 10
+    assert local_columns["minhash_duplicate"].sum() > 5_000 and local_columns["contamination_ngram"].sum() == 10
+    # the code tier runs in the workers too: it adds the copies of the CodeAlpaca rows that are HumanEval look-alikes
+    assert local_columns["contamination_code"].sum() > 10
     assert_frame_equal(ray_columns, local_columns)
     for name in AUDITORS:
         assert on_ray["auditors"][name] == local["auditors"][name], name

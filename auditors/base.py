@@ -25,6 +25,7 @@ A *streaming* auditor splits its work in two, and then never needs the whole ver
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -145,6 +146,11 @@ class Auditor(ABC):
 
     def __init__(self, config: Any | None = None):
         self.config = config if config is not None else self.Config()
+
+    def fresh_copy(self) -> "Auditor":
+        """A new auditor of the same config, to ship to Ray workers: a prepared one holds the
+        driver's store (an open SQLite connection) and what `prepare` loaded."""
+        return type(self)(copy.deepcopy(self.config))
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)

@@ -19,12 +19,7 @@ committed twice. Auditors travel to the workers as fresh copies built from their
 
 from __future__ import annotations
 
-import copy
-from typing import Any
-
-from assay.core.errors import AssayError
-from assay.core.progress import progress
-from assay.core.ray_cluster import connect, wait_next
+from assay.core.ray_cluster import connect, gather
 from assay.core.store import Store
 
 from .base import AuditContext, Auditor
@@ -39,25 +34,14 @@ def map_by_part_on_ray(store: Store, manifest, auditors: list[Auditor], ctx: Aud
 
     ray = connect(address)
     known = ctx.known_ids(auditors)
-    # fresh copies: a prepared auditor holds the driver's store (an open SQLite connection)
-    shipped = [type(a)(copy.deepcopy(a.config)) for a in auditors]
+    shipped = [a.fresh_copy() for a in auditors]
     task = ray.remote(max_retries=RETRIES)(_map_part_task).options(**task_resources(auditors, ray.cluster_resources()))
     known_ref = ray.put(known)
-    pending = {task.remote(store.url, str(store.catalog.path), manifest, k, shipped, known_ref): k
-               for k in range(len(manifest.parts))}
-    done: dict[int, Any] = {}
-    try:
-        with progress(f"mapping {manifest.ref} on Ray", total=manifest.records, enabled=show_progress) as bar:
-            while pending:
-                ready = wait_next(ray, list(pending), f"auditing {manifest.ref}")
-                k = pending.pop(ready)
-                done[k] = ray.get(ready)
-                bar.advance(manifest.parts[k].kept)
-    except ray.exceptions.RayError as exc:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise AssayError(f"the Ray engine failed on {manifest.ref}: {exc}") from exc
-    return combine([done[k] for k in range(len(manifest.parts))], auditors, ctx, seconds)
+    refs = [task.remote(store.url, str(store.catalog.path), manifest, k, shipped, known_ref)
+            for k in range(len(manifest.parts))]
+    done = gather(ray, refs, f"auditing {manifest.ref}", show_progress=show_progress,
+                  weights=[part.kept for part in manifest.parts])
+    return combine(done, auditors, ctx, seconds)
 
 
 def task_resources(auditors: list[Auditor], cluster: dict[str, float]) -> dict[str, float]:

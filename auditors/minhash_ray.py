@@ -17,12 +17,9 @@ bands) and their sort, which set the driver's peak in the local reduce.
 
 from __future__ import annotations
 
-import copy
-from typing import Any
-
 import numpy as np
 
-from assay.core.ray_cluster import connect, wait_next
+from assay.core.ray_cluster import connect, gather
 from assay.core.store import Store
 
 from .base import AuditContext, Auditor
@@ -41,18 +38,14 @@ def ray_candidates(auditor: Auditor, ctx: AuditContext, address: str | None) -> 
         offsets = np.cumsum([0] + [p.kept for p in manifest.parts])
         cut = np.searchsorted(distinct, offsets)  # part k's distinct rows: distinct[cut[k]:cut[k + 1]]
         known = ray.put(ctx.known_ids([auditor]))
-        shipped = type(auditor)(copy.deepcopy(auditor.config))  # a fresh copy, as the map tasks get
+        shipped = auditor.fresh_copy()
         split = ray.remote(num_returns=partitions, max_retries=RETRIES)(_part_band_keys)
         by_part = [split.remote(store.url, str(store.catalog.path), manifest, k, shipped, known,
                                 distinct[cut[k]:cut[k + 1]] - offsets[k], int(cut[k]), bands, rows, partitions)
                    for k in range(len(manifest.parts))]
         group = ray.remote(max_retries=RETRIES)(_partition_codes)
         pending = [group.remote(int(distinct.size), *[refs[p] for refs in by_part]) for p in range(partitions)]
-        done: list[Any] = []
-        while pending:
-            ready = wait_next(ray, pending, f"grouping MinHash bands of {manifest.ref}")
-            pending.remove(ready)
-            done.append(ray.get(ready))
+        done = gather(ray, pending, f"grouping MinHash bands of {manifest.ref}")
         codes = _sorted_unique(np.concatenate([c for c, _ in done])) if done else np.zeros(0, dtype=np.int64)
         return codes, int(sum(o for _, o in done))
 

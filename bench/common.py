@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,11 @@ def peak_mb() -> float:
     so a fresh child would report its parent's size."""
     with open("/proc/self/status") as fh:
         return int(next(line for line in fh if line.startswith("VmHWM")).split()[1]) / 1024
+
+
+def fresh_dir(path: str | Path) -> Path:
+    """`path` emptied (or made): a bench's working folder, nothing left from an earlier run."""
+    folder = Path(path)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import peak_mb, run_child, write_json  # noqa: E402
+from common import fresh_dir, peak_mb, run_child, write_json  # noqa: E402
+from scale_steps import AUDITORS, synthesise  # noqa: E402
 
-AUDITORS = "exact,minhash,quality,contamination"
 TIMING = ("seconds", "map_seconds", "read_seconds", "peak_rss_mb", "search_seconds", "records_per_s")
 
 
@@ -64,11 +64,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))  # the last line: what run_child reads
         return
-    from scale_steps import synthesise
-
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = fresh_dir(args.workdir)
     data = work / "data.jsonl"
     planted = synthesise(data, args.records)
     figures: dict = {"records": args.records, "file_mb": round(planted["bytes"] / 2**20, 1), "runs": {}}

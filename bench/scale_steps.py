@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import peak_mb, run_child, write_json  # noqa: E402
+from common import fresh_dir, peak_mb, run_child, write_json  # noqa: E402
 
 BLOCK = 100_000
 NEAR, EXACT, CONTAMINATED_PER_MILLION = 0.05, 0.01, 20
@@ -166,9 +166,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))  # the last line: what run_child reads
         return
-    work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = fresh_dir(args.workdir)
     data, ws, planted_path = work / "data.jsonl", work / "ws", work / "planted.json"
     started = time.perf_counter()
     planted = synthesise(data, args.records)

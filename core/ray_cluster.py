@@ -87,3 +87,27 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     except (OSError, ValueError) as exc:
         raise AssayError(f"cannot reach the Ray cluster at {address}: {exc}; start one with `ray start --head` "
                          f"or give its address (host:port of the head node)") from exc
+
+
+def gather(ray: Any, refs: list, what: str, *, show_progress: bool | None = False,
+           weights: list[int] | None = None) -> list:
+    """Every task's result, in the order of `refs`, collected as they finish (the progress bar
+    advances by each task's weight: records, say; 1 each by default). A task that fails beyond its
+    retries cancels the rest and is an AssayError; a cluster that goes away too (see wait_next)."""
+    from .progress import progress
+
+    weights = weights or [1] * len(refs)
+    done: dict[int, Any] = {}
+    pending = {ref: k for k, ref in enumerate(refs)}
+    try:
+        with progress(f"{what} on Ray", total=sum(weights), enabled=show_progress) as bar:
+            while pending:
+                ready = wait_next(ray, list(pending), what)
+                k = pending.pop(ready)
+                done[k] = ray.get(ready)
+                bar.advance(weights[k])
+    except ray.exceptions.RayError as exc:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise AssayError(f"the Ray engine failed {what}: {exc}") from exc
+    return [done[k] for k in range(len(refs))]

@@ -26,9 +26,8 @@ from typing import Any, Callable
 
 import fsspec
 
-from assay.core.errors import AssayError, BadInput
-from assay.core.progress import progress
-from assay.core.ray_cluster import connect, wait_next
+from assay.core.errors import BadInput
+from assay.core.ray_cluster import connect, gather
 from assay.core.sources import Source
 from assay.core.store import Part, Store, VersionWriter
 
@@ -70,7 +69,7 @@ def import_parts_on_ray(store: Store, path: str, fmt: str, *, layout: Any, sourc
         step = max(1, chunk_bytes * RANGE_CHUNKS)
         ranges = [(a, min(a + step, size)) for a in range(0, size, step)]
         count = ray.remote(max_retries=RETRIES)(_count_range_lines)
-        counts = _gather(ray, [count.remote(where, a, b) for a, b in ranges], f"counting the lines of {path}")
+        counts = gather(ray, [count.remote(where, a, b) for a, b in ranges], f"counting the lines of {path}")
         firsts, line = [], 1
         for n in counts:
             firsts.append(line)
@@ -80,28 +79,11 @@ def import_parts_on_ray(store: Store, path: str, fmt: str, *, layout: Any, sourc
         pieces = [("parquet", groups, None, first) for groups, first in _row_group_pieces(where, chunk_bytes)]
     refs = [work.remote(store.url, str(store.catalog.path), where, path, piece, chunk_bytes, layout, named,
                         provenance_source, to_table) for piece in pieces]
-    results = _gather(ray, refs, f"importing {path}", show_progress=show_progress)
+    results = gather(ray, refs, f"importing {path}", show_progress=show_progress)
     errors = [r for r in results if isinstance(r, BadInput)]
     if errors:
         raise errors[0]  # the first piece in file order with a bad row: its first bad row
     return [part for parts in results for part in parts]
-
-
-def _gather(ray, refs: list, what: str, show_progress: bool | None = False) -> list:
-    """The tasks' results in the order given; a failed task (beyond its retries) is an AssayError."""
-    done: dict[int, Any] = {}
-    pending = {ref: k for k, ref in enumerate(refs)}
-    try:
-        with progress(f"{what} on Ray", total=len(refs), enabled=show_progress) as bar:
-            while pending:
-                ready = wait_next(ray, list(pending), what)
-                done[pending.pop(ready)] = ray.get(ready)
-                bar.advance()
-    except ray.exceptions.RayError as exc:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise AssayError(f"the Ray engine failed {what}: {exc}") from exc
-    return [done[k] for k in range(len(refs))]
 
 
 def _range_bytes(where: str, start: int, end: int) -> bytes:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from .code_canon import Canonical, canonicalise, extract_code
+from .code_canon import Canonical, canonicalise, extract_code, may_hold_code
 from .minhash import MinHashConfig
 from .minhash_signatures import shingle_hashes
 
@@ -99,7 +99,8 @@ class CodeIndex:
     def match(self, texts: pl.Series, threshold: float, candidates: int) -> pl.DataFrame:
         """CODE_SCHEMA columns for each text."""
         n = texts.len()
-        codes = [extract_code(t) for t in texts.fill_null("").to_list()]
+        maybe = may_hold_code(texts).to_list()
+        codes = [extract_code(t) if m else "" for t, m in zip(texts.fill_null("").to_list(), maybe, strict=True)]
         memo: dict[str, Canonical] = {}  # duplicated code (copies, templated answers) is canonicalised once
         canon = [memo[c] if c in memo else memo.setdefault(c, canonicalise(c)) for c in codes]
         found = np.array([bool(c.tokens) for c in canon])

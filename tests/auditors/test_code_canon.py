@@ -1,9 +1,12 @@
 """Code canonicalisation: renames, comments, docstrings, literals and loop forms do not change the
 canonical form; a different program does; code that is not Python takes the counted fallback."""
 
+import json
+
+import polars as pl
 from auditor_helpers import human_eval
 
-from assay.auditors.code_canon import canonicalise, extract_code
+from assay.auditors.code_canon import canonicalise, extract_code, may_hold_code
 
 
 def shingles(tokens, n=4):
@@ -110,3 +113,22 @@ def test_the_rarer_statements_canonicalise_without_fallback():
         assert not canon.fallback and "S" not in canon.tokens[:3] and len(canon.tokens) > 20
     # the for-else and the loop with `continue` keep their `for` (a while form would change them)
     assert canonicalise(sources[1]).tokens.count("for") >= 2
+
+
+def test_may_hold_code_never_hides_code_that_extract_code_finds(shared_data):
+    """The vectorised pre-check may pass prose through, but must never clear a text in which
+    extract_code finds code: checked on real instruction data (code and prose) and on lines split
+    by separators and characters where Python's and Rust's regex classes differ."""
+    data = shared_data / "instructions"
+    rows = json.loads((data / "codealpaca_new.json").read_text())
+    texts = ["\n\n".join(r[k] for k in ("instruction", "input", "output") if r[k]) for r in rows]
+    for name in ("self_instruct_seed_tasks.jsonl", "self_instruct_user_oriented.jsonl"):
+        for line in (data / name).read_text().splitlines():
+            texts.append(json.dumps(json.loads(line)))
+    texts += ["x½ = 1\ny = 2", "note\u2028def f(x):\u2028    return x", "\x1fdef f():\n\x1f    return 1",
+              "return\u0301 1\nreturn 2", "plain prose only.", None, ""]
+    maybe = may_hold_code(pl.Series(texts, dtype=pl.String)).to_list()
+    with_code = [bool(extract_code(t)) for t in texts]
+    assert sum(with_code) > 1000  # the data does hold code
+    assert not [t for t, m, c in zip(texts, maybe, with_code) if c and not m]
+    assert sum(maybe) < len(texts)  # and the pre-check clears some prose

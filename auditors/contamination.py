@@ -1,6 +1,8 @@
 """Benchmark contamination: records that contain (or rephrase) items of evaluation benchmarks.
 
-Three tiers, run on one text view of every record (`column`, default `text` = prompt + response):
+Tiers (a) and (c) run on one text view of every record (`column`, default `text` = prompt + response);
+tier (b) on the views in `semantic_views` (default the prompt: like with like, a benchmark item is a
+question):
 
 (a) n-gram overlap, as GPT-3's decontamination and lm-evaluation-harness do it: text normalised
     (lowercased, Unicode punctuation and symbols deleted, split on whitespace), every run of `ngram`
@@ -12,7 +14,8 @@ Three tiers, run on one text view of every record (`column`, default `text` = pr
     equal a plain Python set-of-n-grams scan (a hash collision cannot add a flag).
 (b) embedding nearest neighbour, as lm-sys llm-decontaminator's first stage: cosine similarity of
     the record's embedding (the shared embedding cache, `auditors/embeddings.py`) to every benchmark
-    item; at or above `threshold` the record is flagged. Catches rephrasings the n-grams miss.
+    item; at or above `threshold` the record is flagged. Catches rephrasings the n-grams miss. With
+    several views each is embedded and the best similarity kept (the view is in the evidence).
 (c) code (auditors/contamination_code.py): the record's code, canonicalised (names, comments, docstrings,
     literals and loop forms normalised away), as shingles of canonical tokens; exact Jaccard to each
     benchmark item's code (solution + prompt; the prompt alone where the benchmark has no solutions)
@@ -60,6 +63,10 @@ class ContaminationConfig(SearchOptions):
     semantic: bool = field(default=True, metadata={
         "help": "embedding tier: flag records whose nearest benchmark item has cosine >= threshold "
                 "(catches rephrasings; costs one embedding per record, shared with other auditors)"})
+    semantic_views: list[str] = field(default_factory=lambda: ["prompt"], metadata={
+        "help": "record views the embedding tier compares with the benchmark items: prompt (the question, "
+                "like with like; the default, chosen on the development set: a long response dilutes a "
+                "copied question), text or response; with several, each is embedded and the best cosine kept"})
     threshold: float = field(default=0.80, metadata={
         "help": "cosine similarity at or above which the embedding tier flags a record"})
     model: str = field(default=DEFAULT_MODEL, metadata={
@@ -103,6 +110,7 @@ CACHE_SCHEMA = {
     "ngram_examples": pl.List(pl.String),
     "nearest_benchmark": pl.String,
     "nearest_item": pl.String,
+    "nearest_view": pl.String,
 }
 COLUMNS = [c for c in CACHE_SCHEMA if c.startswith("contamination_")]
 
@@ -117,9 +125,15 @@ class Contamination(Auditor):
         if cfg.llm_judge and not (cfg.semantic or cfg.code):
             raise AssayError("contamination: the LLM judge reads the embedding and code tiers' candidates: "
                              "turn semantic or code on, or llm_judge off")
-        if cfg.column not in ("text", "prompt", "response"):
+        if cfg.column not in VIEWS:
             raise AssayError(f"contamination: column must be text, prompt or response, not {cfg.column!r}")
         check_backend(cfg.backend, "contamination")
+        if isinstance(cfg.semantic_views, str):
+            cfg.semantic_views = [cfg.semantic_views]
+        views = list(cfg.semantic_views or [])
+        if not views or any(v not in VIEWS for v in views) or len(set(views)) < len(views):
+            raise AssayError(f"contamination: semantic_views must be distinct views among {', '.join(VIEWS)}, "
+                             f"not {cfg.semantic_views!r}")
         if isinstance(cfg.benchmarks, str):
             cfg.benchmarks = [cfg.benchmarks]
         if not isinstance(cfg.ngram, int) or not 1 <= cfg.ngram <= MAX_NGRAM:
@@ -155,7 +169,9 @@ class Contamination(Auditor):
         return MapKey(self.name, f"{self.config_hash()}-{fingerprint(self._items)}{tier}")
 
     def map_columns(self) -> list[str]:
-        return [self.config.column]
+        cfg: ContaminationConfig = self.config
+        views = cfg.semantic_views if cfg.semantic else []
+        return list(dict.fromkeys([cfg.column, *views]))
 
     def wants_gpu(self) -> bool:
         return bool(self.config.semantic)  # the semantic tier embeds in map
@@ -210,8 +226,9 @@ class Contamination(Auditor):
 
         similarity = np.full(n, np.nan)
         nearest = np.full(n, -1, dtype=np.int64)
+        view: list[str | None] = [None] * n
         if cfg.semantic:
-            similarity, nearest = self._nearest(missing, items, ctx)
+            similarity, nearest, view = self._nearest(missing, items, ctx)
         semantic_flag = similarity >= cfg.threshold  # NaN (tier off) compares False
 
         if cfg.code:
@@ -244,10 +261,13 @@ class Contamination(Auditor):
             "ngram_examples": examples,
             "nearest_benchmark": pick(bench_names, nearest),
             "nearest_item": pick(item_ids, nearest),
+            "nearest_view": view,
         }, schema=CACHE_SCHEMA)
 
-    def _nearest(self, missing: pl.DataFrame, items: pl.DataFrame, ctx: AuditContext) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarity to, and index of, every record's nearest benchmark item."""
+    def _nearest(self, missing: pl.DataFrame, items: pl.DataFrame,
+                 ctx: AuditContext) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Cosine similarity to, and index of, every record's nearest benchmark item over all of
+        `semantic_views`, and the view that came nearest (the first view on a tie)."""
         import hashlib
 
         cfg: ContaminationConfig = self.config
@@ -256,10 +276,19 @@ class Contamination(Auditor):
             "id": [hashlib.blake2b(t.encode("utf-8"), digest_size=16).hexdigest() for t in items["text"].to_list()],
             "benchmark_text": items["text"]})
         bench = embed_records(ctx, keyed, "benchmark_text", cfg.model, backend=cfg.backend)
-        vectors = embed_records(ctx, missing, cfg.column, cfg.model, backend=cfg.backend)
-        # the benchmark items are the searched set: exact below exact_below items, else an HNSW graph
-        sims, nearest, _ = knn(bench, vectors, 1, options_of(cfg))
-        return np.clip(sims[:, 0].astype(np.float64), -1.0, 1.0), nearest[:, 0]
+        best = np.full(missing.height, -np.inf)
+        nearest = np.full(missing.height, -1, dtype=np.int64)
+        chosen = np.zeros(missing.height, dtype=np.int64)
+        for v, view in enumerate(cfg.semantic_views):
+            vectors = embed_records(ctx, missing, view, cfg.model, backend=cfg.backend)
+            # the benchmark items are the searched set: exact below exact_below items, else an HNSW graph
+            sims, found, _ = knn(bench, vectors, 1, options_of(cfg))
+            better = sims[:, 0] > best
+            best = np.where(better, sims[:, 0], best)
+            nearest = np.where(better, found[:, 0], nearest)
+            chosen = np.where(better, v, chosen)
+        views = [cfg.semantic_views[v] for v in chosen.tolist()]
+        return np.clip(best.astype(np.float64), -1.0, 1.0), nearest, views
 
     # summary and details ---------------------------------------------------------------------
 
@@ -298,6 +327,7 @@ class Contamination(Auditor):
             "benchmark_fingerprint": fingerprint(items),
             "cached_records": cached,
             "search": self._search_summary(items.height, computed) if cfg.semantic else None,
+            "semantic_views": list(cfg.semantic_views) if cfg.semantic else [],
             "benchmarks": per,
             "examples": examples,
         }
@@ -331,6 +361,7 @@ class Contamination(Auditor):
             pl.col("contamination_matched_ngrams").alias("matched_ngrams"),
             pl.col("ngram_examples").alias("ngrams"),
             pl.col("contamination_similarity").alias("similarity"),
+            pl.when(pl.col("contamination_semantic")).then("nearest_view").alias("semantic_view"),
             pl.col("contamination_code_similarity").alias("code_similarity"), "code_overlap")
 
     def _near_misses(self, found: pl.DataFrame, rows: Rows, items: pl.DataFrame) -> pl.DataFrame:
@@ -358,10 +389,12 @@ class Contamination(Auditor):
         return near.join(bench, on=["near_benchmark", "near_item"], how="left", maintain_order="left").select(
             "row", "id", pl.col("near_benchmark").alias("benchmark"), pl.col("near_item").alias("item"),
             "benchmark_text", "record_text", pl.col("contamination_similarity").alias("similarity"),
+            pl.col("nearest_view").alias("semantic_view"),
             pl.col("contamination_code_similarity").alias("code_similarity"),
             pl.col("contamination_matched_ngrams").alias("matched_ngrams"), pl.col("ngram_examples").alias("ngrams"))
 
 TIERS = ("ngram", "code", "semantic")
+VIEWS = ("text", "prompt", "response")
 
 
 def _tier(row: dict) -> str:

@@ -254,8 +254,9 @@ def embedding_part(args) -> dict:
         store = Store(work / "ws")
         version = import_source(store, str(path), "bench")
         benchmarks = ["human-eval", str(DATA / "benchmarks/gsm8k_test.jsonl")]
-        print(f"embedding tier: {version.records:,} CodeAlpaca records (text view) against GSM8K test + HumanEval, "
-              f"threshold {ContaminationConfig().threshold}")
+        defaults = ContaminationConfig()
+        print(f"embedding tier: {version.records:,} CodeAlpaca records ({' + '.join(defaults.semantic_views)} view) "
+              f"against GSM8K test + HumanEval, threshold {defaults.threshold}")
 
         def audit(**options) -> tuple[float, dict]:
             auditor = Contamination(ContaminationConfig(benchmarks=benchmarks, **options))

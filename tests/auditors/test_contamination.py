@@ -106,8 +106,7 @@ def semantic_audit(tmp_path_factory, shared_data_module):
     """One audit with the embedding tier, shared by the tests below (embedding on 2 CPU cores is the
     slow part): 325 Self-Instruct records (clean, real: the 175 seed tasks and 150 user-oriented
     ones) plus the rephrasings, against the first 120 GSM8K test questions and the first 36
-    HumanEval prompts. The `prompt` view keeps the embedding work small; the default `text` view is
-    what the bench measures (bench/contamination_bench.py)."""
+    HumanEval prompts, every tier on the `prompt` view (the embedding tier's default)."""
     tmp = tmp_path_factory.mktemp("semantic")
     store = Store(tmp / "ws")
     data = shared_data_module
@@ -186,6 +185,45 @@ def test_a_second_audit_is_served_from_the_cache(semantic_audit):
     assert again["flagged_records"] == semantic_audit["summary"]["flagged_records"]
 
 
+def test_a_copied_question_with_a_long_answer_is_found_through_the_prompt_view(store, shared_data, tmp_path):
+    """A GSM8K test question rephrased and answered at length (as a chain-of-thought record is): its
+    whole text drifts from the question, its prompt does not. The default view (prompt) flags it; the
+    text view alone does not; with both, the best view is kept and named in the evidence."""
+    gsm = gsm8k(shared_data)
+    bench = write_jsonl(tmp_path / "gsm8k_head.jsonl", gsm[:50])
+    _, index, question, _ = PARAPHRASES[1]  # Janet's ducks
+    # the whole text is ~0.75 cosine to the item (all-MiniLM-L6-v2), the question alone ~0.97
+    working = ('To answer this we need a plan. Step 1: subtract what is consumed from what is produced. Step 2: '
+               'multiply what remains by the unit price. Step 3: report the result with its unit. Carrying out step '
+               '1: 16 - 3 - 4 = 9. Carrying out step 2: 9 x 2 = 18. Step 3: the result is 18 dollars per day. Word '
+               'problems of this kind are best solved by naming each quantity, writing one equation per sentence of '
+               'the problem, and checking that the units agree at the end: items minus items gives items, items '
+               'times dollars per item gives dollars. A common mistake is to add the quantities used instead of '
+               'subtracting them, or to forget one of the uses altogether. Another is to multiply before '
+               'subtracting. Writing the equation first, 2 x (16 - 3 - 4), avoids both. The answer is therefore 18. '
+               '#### 18')
+    rows = [{"instruction": question, "output": working},
+            {"instruction": "Name three primary colours.", "output": "Red, yellow and blue."}]
+    version = imported_version(store, "long", rows)
+
+    def audit(views):
+        config = {"benchmarks": [str(bench)], "code": False, "semantic_views": views}
+        summary = run_audit(store, version.id, [make_auditor("contamination", config)])["auditors"]["contamination"]
+        return summary, audit_columns(store, version).sort("_pos")
+
+    summary, by_prompt = audit(["prompt"])
+    assert by_prompt["contamination_semantic"].to_list() == [True, False]
+    assert by_prompt["contamination_item"][0] == f"line {index + 1}" and summary["semantic_views"] == ["prompt"]
+    _, by_text = audit(["text"])
+    assert not by_text["contamination_semantic"][0]  # the answer dilutes the copied question below threshold
+    assert by_text["contamination_similarity"][0] < by_prompt["contamination_similarity"][0]
+    _, both = audit(["text", "prompt"])
+    assert both["contamination_similarity"].to_list() == [
+        max(a, b) for a, b in zip(by_text["contamination_similarity"], by_prompt["contamination_similarity"])]
+    evidence = audit_detail(store, version, "contamination", "evidence")
+    assert evidence["row"].to_list() == [0] and evidence["semantic_view"].to_list() == ["prompt"]
+
+
 def test_changed_benchmark_content_is_not_served_from_the_cache(store, tmp_path):
     bench = tmp_path / "bench.jsonl"
     text = "the quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun all day"
@@ -207,6 +245,9 @@ def test_llm_judge_and_bad_settings_are_refused():
         make_auditor("contamination", {"llm_judge": True, "semantic": False, "code": False})
     with pytest.raises(AssayError, match="column must be text, prompt or response"):
         Contamination(ContaminationConfig(column="output"))
+    for views in ([], ["prompt", "prompt"], ["instruction"]):
+        with pytest.raises(AssayError, match="semantic_views must be distinct views among text, prompt, response"):
+            Contamination(ContaminationConfig(semantic_views=views))
     with pytest.raises(AssayError, match="ngram must be"):
         Contamination(ContaminationConfig(ngram=0))
     with pytest.raises(AssayError, match="threshold"):

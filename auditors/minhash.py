@@ -74,14 +74,14 @@ from .components import union_find_min
 from .minhash_lsh import (
     SignatureRows,
     _Clusters,
-    _matches,
     _sorted_unique,
     cluster,
     exact_jaccard,
+    head_keys,
     local_candidates,
     optimal_bands_rows,
 )
-from .minhash_ray import ray_candidates
+from .minhash_ray import RaySignatures, ray_candidates
 from .minhash_signatures import shingle_hashes, signatures
 
 CALIBRATION_WINDOW = 0.15  # calibration pairs have an estimated Jaccard within threshold +- this
@@ -240,17 +240,30 @@ class MinHashDuplicates(Auditor):
         return pl.DataFrame({"id": records["id"], "minhash_sig": pl.Series(sig, dtype=pl.Array(pl.UInt32, c.num_perm)),
                              "shingles": shingles})
 
+    def for_driver(self, part: pl.DataFrame) -> pl.DataFrame:
+        """On Ray the signatures stay in the record cache: the driver gets each row's head key
+        (8 bytes, to group exact copies) and shingle count (see auditors/minhash_ray.py)."""
+        sig = self._checked(SignatureRows(part["minhash_sig"]))
+        return pl.DataFrame({"minhash_head": head_keys(sig), "shingles": part["shingles"]})
+
+    def _checked(self, sig: SignatureRows) -> SignatureRows:
+        if sig.shape[1] != self.config.num_perm:
+            raise AssayError(f"minhash: cached signatures are not {self.config.num_perm} values each; clear the "
+                             f"workspace's cache/minhash folder")
+        return sig
+
     def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:
         c: MinHashConfig = self.config
         bands, rows_per_band = self.effective_bands_rows()
-        sig = SignatureRows(mapped["minhash_sig"])
-        if sig.shape[1] != c.num_perm:
-            raise AssayError(f"minhash: cached signatures are not {c.num_perm} values each; clear the workspace's "
-                             f"cache/minhash folder")
+        # on the Ray engine the signatures stay on the cluster: band buckets are grouped and
+        # signature pairs compared in Ray tasks (auditors/minhash_ray.py)
+        if ctx.engine == "ray":
+            sig = RaySignatures(self, ctx, ctx.ray_address, mapped["minhash_head"].to_numpy(), c.num_perm)
+            candidates = ray_candidates(self, ctx, ctx.ray_address)
+        else:
+            sig, candidates = self._checked(SignatureRows(mapped["minhash_sig"])), local_candidates
         has_shingles = mapped["shingles"].to_numpy() > 0
         verify = None if c.verify == "estimate" else (lambda a, b: self._true_jaccard(rows, a, b))
-        # on the Ray engine the band buckets are grouped on the cluster (auditors/minhash_ray.py)
-        candidates = ray_candidates(self, ctx, ctx.ray_address) if ctx.engine == "ray" else local_candidates
         result = cluster(sig, has_shingles, bands, rows_per_band, float(c.threshold), verify, candidates)
 
         n = mapped.height
@@ -260,7 +273,7 @@ class MinHashDuplicates(Auditor):
         duplicate = label != positions
         jaccard = np.ones(n)
         dup_rows = np.flatnonzero(duplicate)
-        jaccard[dup_rows] = _matches(sig, dup_rows, label[dup_rows]) / np.float64(c.num_perm)
+        jaccard[dup_rows] = sig.matches(dup_rows, label[dup_rows]) / np.float64(c.num_perm)
         columns = pl.DataFrame({
             "minhash_cluster": label.astype(np.int64),
             "minhash_duplicate": duplicate,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import polars as pl
@@ -79,6 +79,30 @@ class SignatureRows:
 
     def _numpy(self, part: pl.Series) -> np.ndarray:
         return part.to_numpy().astype(np.uint32, copy=False).reshape(part.len(), self.shape[1])
+
+    def head_keys(self, index: np.ndarray | None = None) -> np.ndarray:
+        return head_keys(self, index)
+
+    def matches(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        return _matches(self, left, right)
+
+
+class Signatures(Protocol):
+    """What `cluster` needs of the version's signatures: their shape, each row's head key (copies
+    are grouped by it) and the number of equal values of row pairs. `SignatureRows` holds them in
+    this process; on the Ray engine they stay on the cluster (auditors/minhash_ray.py)."""
+
+    shape: tuple[int, int]
+
+    def head_keys(self, index: np.ndarray | None = None) -> np.ndarray: ...
+
+    def matches(self, left: np.ndarray, right: np.ndarray) -> np.ndarray: ...
+
+
+def head_keys(sig, index: np.ndarray | None = None) -> np.ndarray:
+    """A 64-bit key of each row's first 16 signature values (rows `index`, default all): identical
+    signatures have equal keys, so exact copies are found by grouping keys, then comparing in full."""
+    return _band_keys(sig, 1, min(16, sig.shape[1]), index=index)[0]
 
 
 def _band_keys(sig, bands: int, rows: int, index: np.ndarray | None = None, step: int = 4096) -> np.ndarray:
@@ -229,24 +253,25 @@ def local_candidates(sig, distinct: np.ndarray, bands: int, rows: int) -> tuple[
 Candidates = Callable[[object, np.ndarray, int, int], tuple[np.ndarray, int]]
 
 
-def cluster(sig, has_shingles: np.ndarray, bands: int, rows: int, threshold: float,
+def cluster(sig: Signatures, has_shingles: np.ndarray, bands: int, rows: int, threshold: float,
             verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
             candidates: Candidates = local_candidates) -> _Clusters:
-    """Cluster rows by LSH over their signatures (a uint32 matrix, or SignatureRows); rows without
+    """Cluster rows by LSH over their signatures (SignatureRows, or kept on Ray); rows without
     shingles stay alone. With `verify` (pairs -> true Jaccard), candidates whose estimate is within
     VERIFY_MARGIN of the threshold are decided by their true Jaccard; the rest (and all, without it)
     by the estimate. `candidates` finds the band buckets' pairs (here, or on Ray: auditors/minhash_ray.py).
-    Memory: the band keys (bands x 8 bytes a record) and their sort, never a copy of the signatures."""
+    Memory: the head keys (8 bytes a record), the band keys (bands x 8 bytes a record; on Ray, on the
+    cluster) and their sort, the pairs; never a copy of the signatures."""
     n, num_perm = sig.shape
     valid = np.flatnonzero(has_shingles)
     m = valid.size
     # 1. identical signatures: link every copy to the first one (one pair per copy, not all pairs);
     # grouped by a key of the first 16 values, then compared in full
-    members, starts, lengths = _groups(_band_keys(sig, 1, min(16, num_perm), index=None if m == n else valid)[0])
+    members, starts, lengths = _groups(sig.head_keys(None if m == n else valid))
     first = np.arange(m)
     first[members] = np.repeat(members[starts], lengths)
     copy = np.flatnonzero(first != np.arange(m))
-    copy = copy[_matches(sig, valid[copy], valid[first[copy]]) == num_perm]
+    copy = copy[sig.matches(valid[copy], valid[first[copy]]) == num_perm]
     is_copy = np.zeros(m, dtype=bool)
     is_copy[copy] = True
     copies_left, copies_right = valid[first[copy]], valid[copy]
@@ -258,7 +283,7 @@ def cluster(sig, has_shingles: np.ndarray, bands: int, rows: int, threshold: flo
     # 3. verify: estimated Jaccard of the signatures >= threshold
     left = np.concatenate([copies_left, left]).astype(np.int64)
     right = np.concatenate([copies_right, right]).astype(np.int64)
-    jaccard = _matches(sig, left, right) / np.float64(num_perm)
+    jaccard = sig.matches(left, right) / np.float64(num_perm)
     true = np.full(left.size, np.nan)
     if verify is not None:
         # identical signatures (estimate 1) are copies or all but copies: not worth shingling again

@@ -1,18 +1,22 @@
-"""MinHash's LSH step on Ray: the band buckets grouped by a shuffle over the cluster, as NeMo Curator
-and Data-Juicer group theirs, instead of sorting every band key of the version on the driver.
+"""MinHash's reduce on Ray: the signatures stay on the cluster. The driver gets each record's
+shingle count and head key (8 bytes; `MinHashDuplicates.for_driver`), never its 128 signature values
+(5 GB at 10M records); what needs signatures runs in tasks that read them from the record cache the
+map has just written in the workspace (`runner.map_part`):
 
-- One task per part of the version reads the part's signatures from the record cache in the
-  workspace (the map has just written them; `runner.map_part`), computes the band bucket keys of
-  its distinct records and splits them into P partitions by key (P = the cluster's CPUs).
-- One task per partition gathers its keys from every part, groups equal keys and returns the
-  bucket's candidate pairs as codes.
-- The driver unites the codes. The pairs are those of the local engine (`local_candidates`), in
-  the same order, so verification, clusters and every figure are the same: a bucket's members
-  reach their partition in version order, as the local sort orders them.
+- Band buckets (`ray_candidates`), grouped by a shuffle over the cluster as NeMo Curator and
+  Data-Juicer group theirs, instead of sorting every band key of the version on the driver: one
+  task per part computes the band keys of its distinct records and splits them into P partitions
+  by key (P = the cluster's CPUs); one task per partition gathers its keys from every part, groups
+  equal keys and returns the bucket's candidate pairs as codes. The pairs are those of the local
+  engine (`local_candidates`), in the same order: a bucket's members reach their partition in
+  version order, as the local sort orders them.
+- Signature comparisons (`RaySignatures.matches`: exact copies, each candidate pair's estimated
+  Jaccard, each duplicate's Jaccard to its cluster's representative): the pairs are cut into chunks;
+  one task per part looks up the signatures of its rows in each chunk's pairs, and one task per
+  chunk assembles both sides and counts equal values. The counts are integers, the same as the
+  local engine's, so every decision and figure is too.
 
-The driver still holds the signatures (to estimate each pair's Jaccard) and unites the clusters;
-what moves to the cluster is the band keys (8 bytes a band a record: 1.6 GB at 10M records and 20
-bands) and their sort, which set the driver's peak in the local reduce.
+The driver holds the pairs (16 bytes each) and unites the clusters.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .base import AuditContext, Auditor
 from .minhash_lsh import Candidates, SignatureRows, _sorted_unique, band_keys, bucket_codes
 
 RETRIES = 3
+PAIRS_PER_TASK = 1 << 18  # pairs one comparing task assembles: two 128 MiB signature blocks at 128 values
 
 
 def ray_candidates(auditor: Auditor, ctx: AuditContext, address: str | None) -> Candidates:
@@ -52,16 +57,90 @@ def ray_candidates(auditor: Auditor, ctx: AuditContext, address: str | None) -> 
     return candidates
 
 
-def _part_band_keys(url: str, catalog_path: str, manifest, k: int, auditor: Auditor, known: dict,
-                    index: np.ndarray, first: int, bands: int, rows: int, partitions: int) -> list:
-    """On a worker: part k's signatures (from the record cache), the band keys of its rows `index`
-    (distinct rows numbered from `first`), split by key into `partitions` (keys, numbers) pairs."""
+class RaySignatures:
+    """The version's signatures left on the cluster (see the module's docstring): `cluster` and the
+    reduce use them through `head_keys` and `matches`, like `SignatureRows`."""
+
+    def __init__(self, auditor: Auditor, ctx: AuditContext, address: str | None, head: np.ndarray, num_perm: int):
+        self.auditor, self.ctx, self.address, self.head = auditor, ctx, address, head
+        self.shape = (head.size, num_perm)
+        self._shipped: tuple | None = None
+
+    def head_keys(self, index: np.ndarray | None = None) -> np.ndarray:
+        return self.head if index is None else self.head[index]
+
+    def matches(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        if left.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        ray = connect(self.address)
+        if self._shipped is None:  # once per audit: the auditor and the cache's known ids
+            self._shipped = (self.auditor.fresh_copy(), ray.put(self.ctx.known_ids([self.auditor])))
+        auditor, known = self._shipped
+        manifest, store = self.ctx.manifest, self.ctx.store
+        offsets = np.cumsum([0] + [p.kept for p in manifest.parts])
+        per_task = PAIRS_PER_TASK  # read here, passed on: a worker's module has its own constant
+        chunks = -(-left.size // per_task)
+        # each side's pairs by the part of their row (in pair order within a part)
+        sides = []
+        for rows in (left, right):
+            part = np.searchsorted(offsets, rows, side="right") - 1
+            order = np.argsort(part, kind="stable")
+            sides.append((rows, order, np.searchsorted(part[order], np.arange(len(manifest.parts) + 1))))
+        lookup = ray.remote(num_returns=chunks, max_retries=RETRIES)(_part_pair_signatures)
+        by_part = []
+        for k in range(len(manifest.parts)):
+            mine = [order[bounds[k]:bounds[k + 1]] for _, order, bounds in sides]
+            if not any(m.size for m in mine):
+                continue  # no pair has a row here: the part is not read
+            refs = lookup.remote(store.url, str(store.catalog.path), manifest, k, auditor, known, per_task, chunks,
+                                 *[(m, rows[m] - offsets[k]) for m, (rows, _, _) in zip(mine, sides)])
+            by_part.append(refs if chunks > 1 else [refs])
+        count = ray.remote(max_retries=RETRIES)(_chunk_matches)
+        pending = [count.remote(min(per_task, left.size - c * per_task), self.shape[1],
+                                *[refs[c] for refs in by_part]) for c in range(chunks)]
+        return np.concatenate(gather(ray, pending, f"comparing MinHash signatures of {manifest.ref}"))
+
+
+def _part_signatures(url: str, catalog_path: str, manifest, k: int, auditor: Auditor, known: dict) -> SignatureRows:
+    """On a worker: part k's signatures, from the record cache (computed if a chunk is missing)."""
     from .runner import map_part
 
     store = Store(url, catalog_path)
     ctx = AuditContext(store, manifest.id, manifest)
     auditor.prepare(ctx)
-    sig = SignatureRows(map_part(store, k, [auditor], ctx, known).frames[auditor.name]["minhash_sig"])
+    return SignatureRows(map_part(store, k, [auditor], ctx, known).frames[auditor.name]["minhash_sig"])
+
+
+def _part_pair_signatures(url: str, catalog_path: str, manifest, k: int, auditor: Auditor, known: dict,
+                          per_task: int, chunks: int, *sides: tuple[np.ndarray, np.ndarray]):
+    """On a worker: for each chunk of pairs, the signatures of part k's rows on each side of them, as
+    (pair number in the chunk, signature rows) per side; `sides` holds (pair numbers, rows in part k)."""
+    sig = _part_signatures(url, catalog_path, manifest, k, auditor, known)
+    out = []
+    for c in range(chunks):
+        lo, hi = c * per_task, (c + 1) * per_task
+        pieces = []
+        for pairs, rows in sides:
+            inside = (pairs >= lo) & (pairs < hi)
+            pieces.append((pairs[inside] - lo, sig[rows[inside]]))
+        out.append(pieces)
+    return out if chunks > 1 else out[0]
+
+
+def _chunk_matches(size: int, num_perm: int, *parts: list) -> np.ndarray:
+    """On a worker: one chunk's pairs assembled from the parts' lookups, their equal values counted."""
+    both = [np.zeros((size, num_perm), dtype=np.uint32) for _ in range(2)]
+    for pieces in parts:
+        for side, (pairs, rows) in zip(both, pieces):
+            side[pairs] = rows
+    return (both[0] == both[1]).sum(axis=1).astype(np.int64)
+
+
+def _part_band_keys(url: str, catalog_path: str, manifest, k: int, auditor: Auditor, known: dict,
+                    index: np.ndarray, first: int, bands: int, rows: int, partitions: int) -> list:
+    """On a worker: part k's signatures (from the record cache), the band keys of its rows `index`
+    (distinct rows numbered from `first`), split by key into `partitions` (keys, numbers) pairs."""
+    sig = _part_signatures(url, catalog_path, manifest, k, auditor, known)
     keys = band_keys(sig, bands, rows, index)
     numbers = first + np.arange(keys.size, dtype=np.int64) % max(index.size, 1)
     target = keys % np.uint64(partitions)

@@ -260,3 +260,57 @@ def test_minhash_band_buckets_grouped_on_ray_give_the_local_pairs(local_cluster,
     assert local_oversized > 0 and 600 > MAX_BUCKET_PAIRS_SIZE  # a bucket too big for all its pairs
     assert local_codes.size > 1000
     assert np.array_equal(ray_codes, local_codes) and ray_oversized == local_oversized
+
+
+def test_minhash_signatures_stay_on_the_cluster_and_give_the_local_results(local_cluster, shared_data, tmp_path,
+                                                                           monkeypatch):
+    """On Ray the driver's MinHash reduce gets head keys and shingle counts, never the signatures;
+    copies, candidate pairs and each duplicate's Jaccard are compared in Ray tasks, in several
+    chunks of pairs here, and give the local engine's columns and summary."""
+    import numpy as np
+
+    import assay.auditors.minhash_ray as minhash_ray
+    import assay.core.store as store_module
+    from assay.auditors.base import AuditContext
+    from assay.auditors.minhash import MinHashDuplicates
+    from assay.auditors.minhash_lsh import SignatureRows
+    from assay.core.store import Store
+
+    monkeypatch.setattr(store_module, "SEGMENT_ROWS", 1500)
+    monkeypatch.setattr(minhash_ray, "PAIRS_PER_TASK", 700)  # several comparing tasks
+    seen = {}
+    reduce = MinHashDuplicates.reduce
+
+    def spying(self, mapped, rows, ctx):
+        seen[ctx.engine] = mapped.columns
+        return reduce(self, mapped, rows, ctx)
+
+    monkeypatch.setattr(MinHashDuplicates, "reduce", spying)
+    rows = planted_rows(shared_data, 6000)
+    rows += rows[:300]  # exact copies: grouped by head key, then compared in full on the cluster
+    local_store, ray_store = Store(tmp_path / "local"), Store(tmp_path / "ray")
+    local_version, ray_version = imported_version(local_store, "c", rows), imported_version(ray_store, "c", rows)
+    results = {}
+    for engine, store, version in (("local", local_store, local_version), ("ray", ray_store, ray_version)):
+        results[engine] = (run_audit(store, version.id, [make_auditor("minhash")], engine=engine, show_progress=False),
+                           audit_columns(store, version.id))
+    assert "minhash_sig" in seen["local"] and "minhash_sig" not in seen["ray"]
+    assert seen["ray"] == ["minhash_head", "shingles"]
+    local_columns, ray_columns = results["local"][1], results["ray"][1]
+    assert local_columns["minhash_duplicate"].sum() > 400  # the 300 copies and near-duplicates
+    assert_frame_equal(ray_columns, local_columns)
+    assert results["ray"][0]["auditors"]["minhash"] == results["local"][0]["auditors"]["minhash"]
+
+    # the comparisons themselves, on pairs across parts and in no order, against the local counts
+    auditor = make_auditor("minhash")
+    ctx = AuditContext(ray_store, ray_version.id, ray_version, engine="ray")
+    local = SignatureRows(ctx.cached(auditor.map_key()).get_or_compute(
+        ray_store.read(ray_version, ["id"]), lambda batch: None)["minhash_sig"])
+    on_ray = minhash_ray.RaySignatures(auditor, ctx, None, local.head_keys(), auditor.config.num_perm)
+    rng = np.random.default_rng(0)
+    left, right = rng.integers(0, len(rows), 2000), rng.integers(0, len(rows), 2000)
+    right[:300] = left[:300]  # a row against itself: every value equal
+    expected = local.matches(left, right)
+    assert (expected[:300] == auditor.config.num_perm).all() and expected[300:].max() < auditor.config.num_perm
+    assert np.array_equal(on_ray.matches(left, right), expected)
+    assert on_ray.matches(left[:0], right[:0]).size == 0

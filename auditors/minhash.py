@@ -81,7 +81,7 @@ from .minhash_lsh import (
     local_candidates,
     optimal_bands_rows,
 )
-from .minhash_ray import RaySignatures, ray_candidates
+from .minhash_ray import RaySignatures
 from .minhash_signatures import shingle_hashes, signatures
 
 CALIBRATION_WINDOW = 0.15  # calibration pairs have an estimated Jaccard within threshold +- this
@@ -259,7 +259,7 @@ class MinHashDuplicates(Auditor):
         # signature pairs compared in Ray tasks (auditors/minhash_ray.py)
         if ctx.engine == "ray":
             sig = RaySignatures(self, ctx, ctx.ray_address, mapped["minhash_head"].to_numpy(), c.num_perm)
-            candidates = ray_candidates(self, ctx, ctx.ray_address)
+            candidates = sig.candidates
         else:
             sig, candidates = self._checked(SignatureRows(mapped["minhash_sig"])), local_candidates
         has_shingles = mapped["shingles"].to_numpy() > 0

@@ -3,7 +3,7 @@ shingle count and head key (8 bytes; `MinHashDuplicates.for_driver`), never its 
 (5 GB at 10M records); what needs signatures runs in tasks that read them from the record cache the
 map has just written in the workspace (`runner.map_part`):
 
-- Band buckets (`ray_candidates`), grouped by a shuffle over the cluster as NeMo Curator and
+- Band buckets (`RaySignatures.candidates`), grouped by a shuffle over the cluster as NeMo Curator and
   Data-Juicer group theirs, instead of sorting every band key of the version on the driver: one
   task per part computes the band keys of its distinct records and splits them into P partitions
   by key (P = the cluster's CPUs); one task per partition gathers its keys from every part, groups
@@ -27,25 +27,41 @@ from assay.core.ray_cluster import connect, gather
 from assay.core.store import Store
 
 from .base import AuditContext, Auditor
-from .minhash_lsh import Candidates, SignatureRows, _sorted_unique, band_keys, bucket_codes
+from .minhash_lsh import SignatureRows, _sorted_unique, band_keys, bucket_codes
 
 RETRIES = 3
 PAIRS_PER_TASK = 1 << 18  # pairs one comparing task assembles: two 128 MiB signature blocks at 128 values
 
 
-def ray_candidates(auditor: Auditor, ctx: AuditContext, address: str | None) -> Candidates:
-    """A `candidates` step for `minhash_lsh.cluster` that runs on the Ray cluster at `address`."""
+class RaySignatures:
+    """The version's signatures left on the cluster (see the module's docstring): `cluster` and the
+    reduce use them through `head_keys` and `matches`, like `SignatureRows`, and `candidates` is
+    `cluster`'s band-bucket step. The tasks read the signatures from the record cache."""
 
-    def candidates(sig, distinct: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, int]:
-        ray = connect(address)
-        manifest, store = ctx.manifest, ctx.store
+    def __init__(self, auditor: Auditor, ctx: AuditContext, address: str | None, head: np.ndarray, num_perm: int):
+        self.auditor, self.ctx, self.address, self.head = auditor, ctx, address, head
+        self.shape = (head.size, num_perm)
+        self.offsets = np.cumsum([0] + [p.kept for p in ctx.manifest.parts])  # part k: rows offsets[k]:[k + 1]
+        self._shipped: tuple | None = None
+
+    def _ray_and_shipped(self):
+        """ray, connected; the auditor and the cache's known ids, put once per audit for every task."""
+        ray = connect(self.address)
+        if self._shipped is None:
+            self._shipped = (self.auditor.fresh_copy(), ray.put(self.ctx.known_ids([self.auditor])))
+        return ray, self._shipped
+
+    def head_keys(self, index: np.ndarray | None = None) -> np.ndarray:
+        return self.head if index is None else self.head[index]
+
+    def candidates(self, sig, distinct: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, int]:
+        """`minhash_lsh.Candidates` on the cluster (`sig` is not read: the tasks read the cache)."""
+        ray, (auditor, known) = self._ray_and_shipped()
+        manifest, store, offsets = self.ctx.manifest, self.ctx.store, self.offsets
         partitions = max(2, int(ray.cluster_resources().get("CPU", 2)))
-        offsets = np.cumsum([0] + [p.kept for p in manifest.parts])
         cut = np.searchsorted(distinct, offsets)  # part k's distinct rows: distinct[cut[k]:cut[k + 1]]
-        known = ray.put(ctx.known_ids([auditor]))
-        shipped = auditor.fresh_copy()
         split = ray.remote(num_returns=partitions, max_retries=RETRIES)(_part_band_keys)
-        by_part = [split.remote(store.url, str(store.catalog.path), manifest, k, shipped, known,
+        by_part = [split.remote(store.url, str(store.catalog.path), manifest, k, auditor, known,
                                 distinct[cut[k]:cut[k + 1]] - offsets[k], int(cut[k]), bands, rows, partitions)
                    for k in range(len(manifest.parts))]
         group = ray.remote(max_retries=RETRIES)(_partition_codes)
@@ -54,30 +70,11 @@ def ray_candidates(auditor: Auditor, ctx: AuditContext, address: str | None) -> 
         codes = _sorted_unique(np.concatenate([c for c, _ in done])) if done else np.zeros(0, dtype=np.int64)
         return codes, int(sum(o for _, o in done))
 
-    return candidates
-
-
-class RaySignatures:
-    """The version's signatures left on the cluster (see the module's docstring): `cluster` and the
-    reduce use them through `head_keys` and `matches`, like `SignatureRows`."""
-
-    def __init__(self, auditor: Auditor, ctx: AuditContext, address: str | None, head: np.ndarray, num_perm: int):
-        self.auditor, self.ctx, self.address, self.head = auditor, ctx, address, head
-        self.shape = (head.size, num_perm)
-        self._shipped: tuple | None = None
-
-    def head_keys(self, index: np.ndarray | None = None) -> np.ndarray:
-        return self.head if index is None else self.head[index]
-
     def matches(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         if left.size == 0:
             return np.zeros(0, dtype=np.int64)
-        ray = connect(self.address)
-        if self._shipped is None:  # once per audit: the auditor and the cache's known ids
-            self._shipped = (self.auditor.fresh_copy(), ray.put(self.ctx.known_ids([self.auditor])))
-        auditor, known = self._shipped
-        manifest, store = self.ctx.manifest, self.ctx.store
-        offsets = np.cumsum([0] + [p.kept for p in manifest.parts])
+        ray, (auditor, known) = self._ray_and_shipped()
+        manifest, store, offsets = self.ctx.manifest, self.ctx.store, self.offsets
         per_task = PAIRS_PER_TASK  # read here, passed on: a worker's module has its own constant
         chunks = -(-left.size // per_task)
         # each side's pairs by the part of their row (in pair order within a part)

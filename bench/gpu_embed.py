@@ -27,26 +27,25 @@ DEVICE_DIR = Path(__file__).resolve().parents[1] / ".device"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "instructions" / "codealpaca_new.json"
 
 
-def record_text(row: dict) -> str:
-    # the auditors' default `text` view: the prompt (instruction + input) and the response
-    prompt = "\n\n".join(part for part in (row.get("instruction", ""), row.get("input", "")) if part)
-    return prompt + "\n\n" + (row.get("response") or row.get("output") or "")
-
-
 def prepare(args) -> None:
     import numpy as np
+    import polars as pl
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer
 
     from assay.auditors.embeddings import resolve_model
+    from assay.core.records import rows_to_table, with_text
 
     path = resolve_model(None)
     out = DEVICE_DIR / "minilm"
     out.mkdir(parents=True, exist_ok=True)
     AutoModel.from_pretrained(path, torch_dtype=torch.float16).save_pretrained(out)
     AutoTokenizer.from_pretrained(path).save_pretrained(out)
-    texts = [record_text(r) for r in json.loads(SHARED.read_text(encoding="utf-8"))]
+    # the auditors' default `text` view, built by the project's own `with_text`
+    rows = [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"], "messages": None}
+            for r in json.loads(SHARED.read_text(encoding="utf-8"))]
+    texts = with_text(pl.from_arrow(rows_to_table(rows)))["text"].to_list()
     (DEVICE_DIR / "embed_texts.json").write_text(json.dumps(texts), encoding="utf-8")
     st = SentenceTransformer(path, device="cpu")
     reference = texts[: args.reference]

@@ -230,6 +230,15 @@ def test_embedding_maps_ask_for_a_gpu_only_where_the_cluster_has_one():
     assert task_resources([make_auditor("contamination")], {"GPU": 1.0}) == {"num_gpus": 1}
 
 
+def cached_signatures(store, version, auditor):
+    """The version's MinHash signatures as the audit left them in the record cache, in this process."""
+    from assay.auditors.base import AuditContext
+    from assay.auditors.minhash_lsh import SignatureRows
+
+    cache = AuditContext(store, version.id, version).cached(auditor.map_key())
+    return SignatureRows(cache.get_or_compute(store.read(version, ["id"]), lambda batch: None)["minhash_sig"])
+
+
 def test_minhash_band_buckets_grouped_on_ray_give_the_local_pairs(local_cluster, store, monkeypatch):
     """The LSH step's shuffle (auditors/minhash_ray.py) against the local sort, on records that fill
     a bucket past MAX_BUCKET_PAIRS_SIZE (600 records sharing a long prefix) and ordinary near pairs."""
@@ -237,8 +246,8 @@ def test_minhash_band_buckets_grouped_on_ray_give_the_local_pairs(local_cluster,
 
     import assay.core.store as store_module
     from assay.auditors.base import AuditContext
-    from assay.auditors.minhash_lsh import MAX_BUCKET_PAIRS_SIZE, SignatureRows, local_candidates
-    from assay.auditors.minhash_ray import ray_candidates
+    from assay.auditors.minhash_lsh import MAX_BUCKET_PAIRS_SIZE, local_candidates
+    from assay.auditors.minhash_ray import RaySignatures
 
     monkeypatch.setattr(store_module, "SEGMENT_ROWS", 700)  # several parts
     shared = " ".join(f"word{i}" for i in range(300))
@@ -250,13 +259,13 @@ def test_minhash_band_buckets_grouped_on_ray_give_the_local_pairs(local_cluster,
     assert len(version.parts) > 2
     auditor = make_auditor("minhash")
     run_audit(store, version.id, [auditor], show_progress=False)  # the signatures, in the record cache
-    ctx = AuditContext(store, version.id, version)
-    sig = SignatureRows(ctx.cached(auditor.map_key()).get_or_compute(
-        store.read(version, ["id"]), lambda batch: None)["minhash_sig"])
+    ctx = AuditContext(store, version.id, version, engine="ray")
+    sig = cached_signatures(store, version, auditor)
     distinct = np.arange(len(rows), dtype=np.int64)
     bands, per_band = auditor.effective_bands_rows()
     local_codes, local_oversized = local_candidates(sig, distinct, bands, per_band)
-    ray_codes, ray_oversized = ray_candidates(auditor, ctx, None)(sig, distinct, bands, per_band)
+    on_ray = RaySignatures(auditor, ctx, None, sig.head_keys(), auditor.config.num_perm)
+    ray_codes, ray_oversized = on_ray.candidates(None, distinct, bands, per_band)
     assert local_oversized > 0 and 600 > MAX_BUCKET_PAIRS_SIZE  # a bucket too big for all its pairs
     assert local_codes.size > 1000
     assert np.array_equal(ray_codes, local_codes) and ray_oversized == local_oversized
@@ -273,7 +282,6 @@ def test_minhash_signatures_stay_on_the_cluster_and_give_the_local_results(local
     import assay.core.store as store_module
     from assay.auditors.base import AuditContext
     from assay.auditors.minhash import MinHashDuplicates
-    from assay.auditors.minhash_lsh import SignatureRows
     from assay.core.store import Store
 
     monkeypatch.setattr(store_module, "SEGMENT_ROWS", 1500)
@@ -304,8 +312,7 @@ def test_minhash_signatures_stay_on_the_cluster_and_give_the_local_results(local
     # the comparisons themselves, on pairs across parts and in no order, against the local counts
     auditor = make_auditor("minhash")
     ctx = AuditContext(ray_store, ray_version.id, ray_version, engine="ray")
-    local = SignatureRows(ctx.cached(auditor.map_key()).get_or_compute(
-        ray_store.read(ray_version, ["id"]), lambda batch: None)["minhash_sig"])
+    local = cached_signatures(ray_store, ray_version, auditor)
     on_ray = minhash_ray.RaySignatures(auditor, ctx, None, local.head_keys(), auditor.config.num_perm)
     rng = np.random.default_rng(0)
     left, right = rng.integers(0, len(rows), 2000), rng.integers(0, len(rows), 2000)

@@ -189,10 +189,11 @@ class Auditor(ABC):
         """Per-record results of a batch: `id`, then result columns; one row per batch row."""
         raise NotImplementedError
 
-    def for_driver(self, part: pl.DataFrame) -> pl.DataFrame:
-        """On the Ray engine, what of one part's `map` results (without `id`) travels to the driver
-        for `reduce`: all of it, unless an auditor's reduce reads its bulky columns on the cluster
-        (MinHash keeps its signatures there). The full results stay in the record cache."""
+    def for_reduce(self, part: pl.DataFrame, ctx: AuditContext) -> pl.DataFrame:
+        """What of one part's `map` results (without `id`) is gathered for `reduce`, on either engine
+        (on Ray it travels to the driver): all of it, unless the reduce reads its bulky columns back
+        from the record cache part by part (MinHash's signatures, on Ray or when the version's are
+        too many to hold). The full results stay in the record cache."""
         return part
 
     def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:

@@ -7,9 +7,9 @@ What runs where:
   record-cache chunks next to the workspace's other objects, and returns the part's results as Arrow;
 - the driver collects the parts in version order (the progress bar advances as each one finishes),
   runs each auditor's `reduce` and commits the audit exactly as the local engine does: one commit,
-  the same catalog. What a part sends back is what its auditors' `for_driver` keep: MinHash's
+  the same catalog. What a part sends back is what its auditors' `for_reduce` keep: MinHash's
   signatures stay in the record cache, and its reduce groups band buckets and compares signature
-  pairs in Ray tasks (auditors/minhash_ray.py); the driver keeps the pairs and unites the clusters.
+  pairs in Ray tasks (auditors/minhash_parts.py); the driver keeps the pairs and unites the clusters.
 
 A map that runs a model (the embedding auditors, contamination's semantic tier) asks for a GPU
 when the cluster has GPUs (`task_resources`), so embedding runs on the GPU nodes with torch.
@@ -56,12 +56,10 @@ def task_resources(auditors: list[Auditor], cluster: dict[str, float]) -> dict[s
 
 def _map_part_task(url: str, catalog_path: str, manifest, k: int, auditors: list[Auditor], known: dict):
     """On a worker: part k through every auditor's map (see runner.map_part)."""
-    from .runner import map_part
+    from .runner import for_reduce, map_part
 
     store = Store(url, catalog_path)
-    ctx = AuditContext(store, manifest.id, manifest)
+    ctx = AuditContext(store, manifest.id, manifest, engine="ray")
     for auditor in auditors:
         auditor.prepare(ctx)
-    result = map_part(store, k, auditors, ctx, known)
-    result.frames = {a.name: a.for_driver(result.frames[a.name]) for a in auditors}
-    return result
+    return for_reduce(map_part(store, k, auditors, ctx, known), auditors, ctx)

@@ -81,7 +81,7 @@ from .minhash_lsh import (
     local_candidates,
     optimal_bands_rows,
 )
-from .minhash_ray import RaySignatures
+from .minhash_parts import PartSignatures, signatures_stay_in_cache
 from .minhash_signatures import shingle_hashes, signatures
 
 CALIBRATION_WINDOW = 0.15  # calibration pairs have an estimated Jaccard within threshold +- this
@@ -240,9 +240,12 @@ class MinHashDuplicates(Auditor):
         return pl.DataFrame({"id": records["id"], "minhash_sig": pl.Series(sig, dtype=pl.Array(pl.UInt32, c.num_perm)),
                              "shingles": shingles})
 
-    def for_driver(self, part: pl.DataFrame) -> pl.DataFrame:
-        """On Ray the signatures stay in the record cache: the driver gets each row's head key
-        (8 bytes, to group exact copies) and shingle count (see auditors/minhash_ray.py)."""
+    def for_reduce(self, part: pl.DataFrame, ctx: AuditContext) -> pl.DataFrame:
+        """On Ray, and locally for a version whose signatures are too many to hold, they stay in the
+        record cache: the reduce gets each row's head key (8 bytes, to group exact copies) and
+        shingle count, and reads the signatures part by part (see auditors/minhash_parts.py)."""
+        if not signatures_stay_in_cache(ctx, self.config.num_perm):
+            return part
         sig = self._checked(SignatureRows(part["minhash_sig"]))
         return pl.DataFrame({"minhash_head": head_keys(sig), "shingles": part["shingles"]})
 
@@ -255,10 +258,10 @@ class MinHashDuplicates(Auditor):
     def reduce(self, mapped: pl.DataFrame, rows: Rows, ctx: AuditContext) -> AuditResult:
         c: MinHashConfig = self.config
         bands, rows_per_band = self.effective_bands_rows()
-        # on the Ray engine the signatures stay on the cluster: band buckets are grouped and
-        # signature pairs compared in Ray tasks (auditors/minhash_ray.py)
-        if ctx.engine == "ray":
-            sig = RaySignatures(self, ctx, ctx.ray_address, mapped["minhash_head"].to_numpy(), c.num_perm)
+        # signatures left in the record cache (on Ray, or too many to hold): band buckets grouped and
+        # signature pairs compared part by part, in Ray tasks on Ray (auditors/minhash_parts.py)
+        if "minhash_sig" not in mapped.columns:
+            sig = PartSignatures(self, ctx, mapped["minhash_head"].to_numpy(), c.num_perm)
             candidates = sig.candidates
         else:
             sig, candidates = self._checked(SignatureRows(mapped["minhash_sig"])), local_candidates

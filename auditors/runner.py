@@ -121,7 +121,7 @@ def _map_by_part(store: Store, manifest, auditors: list[Auditor], ctx: AuditCont
     done: list[PartResult] = []
     with progress(f"reading {manifest.ref}", total=manifest.records, enabled=show_progress) as bar:
         for k in range(len(manifest.parts)):
-            done.append(map_part(store, k, auditors, ctx, known))
+            done.append(for_reduce(map_part(store, k, auditors, ctx, known), auditors, ctx))
             bar.advance(manifest.parts[k].kept)
     return combine(done, auditors, ctx, seconds)
 
@@ -154,6 +154,12 @@ def map_part(store: Store, k: int, auditors: list[Auditor], ctx: AuditContext,
         result.frames[auditor.name] = cache.get_or_compute(records.select(wanted), auditor.map).drop("id")
         result.counts[auditor.name] = {"hits": cache.hits, "misses": cache.misses,
                                        "seconds": time.perf_counter() - started}
+    return result
+
+
+def for_reduce(result: PartResult, auditors: list[Auditor], ctx: AuditContext) -> PartResult:
+    """A part's results narrowed to what each auditor's reduce gathers (`Auditor.for_reduce`)."""
+    result.frames = {a.name: a.for_reduce(result.frames[a.name], ctx) for a in auditors}
     return result
 
 

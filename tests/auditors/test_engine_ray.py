@@ -240,14 +240,14 @@ def cached_signatures(store, version, auditor):
 
 
 def test_minhash_band_buckets_grouped_on_ray_give_the_local_pairs(local_cluster, store, monkeypatch):
-    """The LSH step's shuffle (auditors/minhash_ray.py) against the local sort, on records that fill
+    """The LSH step's shuffle (auditors/minhash_parts.py) against the local sort, on records that fill
     a bucket past MAX_BUCKET_PAIRS_SIZE (600 records sharing a long prefix) and ordinary near pairs."""
     import numpy as np
 
     import assay.core.store as store_module
     from assay.auditors.base import AuditContext
     from assay.auditors.minhash_lsh import MAX_BUCKET_PAIRS_SIZE, local_candidates
-    from assay.auditors.minhash_ray import RaySignatures
+    from assay.auditors.minhash_parts import PartSignatures
 
     monkeypatch.setattr(store_module, "SEGMENT_ROWS", 700)  # several parts
     shared = " ".join(f"word{i}" for i in range(300))
@@ -264,7 +264,7 @@ def test_minhash_band_buckets_grouped_on_ray_give_the_local_pairs(local_cluster,
     distinct = np.arange(len(rows), dtype=np.int64)
     bands, per_band = auditor.effective_bands_rows()
     local_codes, local_oversized = local_candidates(sig, distinct, bands, per_band)
-    on_ray = RaySignatures(auditor, ctx, None, sig.head_keys(), auditor.config.num_perm)
+    on_ray = PartSignatures(auditor, ctx, sig.head_keys(), auditor.config.num_perm)
     ray_codes, ray_oversized = on_ray.candidates(None, distinct, bands, per_band)
     assert local_oversized > 0 and 600 > MAX_BUCKET_PAIRS_SIZE  # a bucket too big for all its pairs
     assert local_codes.size > 1000
@@ -278,14 +278,14 @@ def test_minhash_signatures_stay_on_the_cluster_and_give_the_local_results(local
     chunks of pairs here, and give the local engine's columns and summary."""
     import numpy as np
 
-    import assay.auditors.minhash_ray as minhash_ray
+    import assay.auditors.minhash_parts as minhash_parts
     import assay.core.store as store_module
     from assay.auditors.base import AuditContext
     from assay.auditors.minhash import MinHashDuplicates
     from assay.core.store import Store
 
     monkeypatch.setattr(store_module, "SEGMENT_ROWS", 1500)
-    monkeypatch.setattr(minhash_ray, "PAIRS_PER_TASK", 700)  # several comparing tasks
+    monkeypatch.setattr(minhash_parts, "PAIRS_PER_TASK", 700)  # several comparing tasks
     seen = {}
     reduce = MinHashDuplicates.reduce
 
@@ -313,7 +313,7 @@ def test_minhash_signatures_stay_on_the_cluster_and_give_the_local_results(local
     auditor = make_auditor("minhash")
     ctx = AuditContext(ray_store, ray_version.id, ray_version, engine="ray")
     local = cached_signatures(ray_store, ray_version, auditor)
-    on_ray = minhash_ray.RaySignatures(auditor, ctx, None, local.head_keys(), auditor.config.num_perm)
+    on_ray = minhash_parts.PartSignatures(auditor, ctx, local.head_keys(), auditor.config.num_perm)
     rng = np.random.default_rng(0)
     left, right = rng.integers(0, len(rows), 2000), rng.integers(0, len(rows), 2000)
     right[:300] = left[:300]  # a row against itself: every value equal

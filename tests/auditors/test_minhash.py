@@ -176,3 +176,35 @@ def test_many_parts_and_small_verify_batches_give_the_same_clusters(store, share
     expected, got = audit_columns(store, one), audit_columns(store, many)
     assert got["minhash_duplicate"].sum() >= 50  # real clusters to compare (observed: 78)
     assert got.drop("_pos").equals(expected.drop("_pos"))
+
+
+def test_signatures_too_many_to_hold_are_read_back_part_by_part_with_the_same_results(
+        store, shared_data, tmp_path, monkeypatch):
+    """Above LOCAL_SIGNATURE_BYTES the local reduce gets head keys and shingle counts, not the
+    signatures, and reads those from the record cache part by part (band keys, then each chunk of
+    pairs): the columns and the summary are the in-memory path's."""
+    import assay.auditors.minhash_parts as minhash_parts
+    import assay.core.store as store_module
+
+    rows = codealpaca(shared_data)[:1500]
+    rng = random.Random(4)
+    rows += [{**r, "output": edit_words(r["output"], 1 + k % 4, rng)} for k, r in enumerate(rng.sample(rows, 300))]
+    rows += rows[:120]  # exact copies: grouped by head key, then compared in full
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    monkeypatch.setattr(store_module, "SEGMENT_ROWS", 211)  # 9 parts
+    held, by_parts = import_source(store, str(path), "held"), import_source(store, str(path), "parts")
+    seen = []
+    reduce = MinHashDuplicates.reduce
+    monkeypatch.setattr(MinHashDuplicates, "reduce", lambda self, mapped, *a: seen.append(mapped.columns)
+                        or reduce(self, mapped, *a))
+    expected = run_audit(store, held.id, [MinHashDuplicates()])["auditors"]["minhash"]
+    monkeypatch.setattr(minhash_parts, "LOCAL_SIGNATURE_BYTES", 1000)  # two records' worth
+    monkeypatch.setattr(minhash_parts, "PAIRS_PER_TASK", 40)  # several chunks of pairs
+    got = run_audit(store, by_parts.id, [MinHashDuplicates()])["auditors"]["minhash"]
+    assert "minhash_sig" in seen[0] and seen[1] == ["minhash_head", "shingles"]
+    assert len(by_parts.parts) > 5 and got["accepted_pairs"] > 40  # the pairs span several chunks
+    assert got["duplicate_records"] >= 150  # the 120 copies and near-duplicates (observed: 188)
+    assert audit_columns(store, by_parts).drop("_pos").equals(audit_columns(store, held).drop("_pos"))
+    cache_counts = ("signatures_computed", "signatures_reused")  # the second version's are all reused
+    assert {k: v for k, v in got.items() if k not in cache_counts} == \
+        {k: v for k, v in expected.items() if k not in cache_counts}

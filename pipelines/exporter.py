@@ -95,10 +95,12 @@ def _lines_on_ray(store: Store, manifest: Manifest, provenance: bool, address: s
     task = ray.remote(max_retries=3)(_part_lines)
     window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
     parts, refs = manifest.parts, {}
+    submitted = 0  # parts 0..submitted-1 have a task; those not yet yielded are in refs
     try:
         for k in range(len(parts)):
-            for j in range(len(refs) + k, min(k + window, len(parts))):
-                refs[j] = task.remote(store.url, str(store.catalog.path), parts[j], provenance)
+            while submitted < min(k + window, len(parts)):
+                refs[submitted] = task.remote(store.url, str(store.catalog.path), parts[submitted], provenance)
+                submitted += 1
             # the part in version order, however long it takes (the head is probed meanwhile)
             lines = ray.get(wait_next(ray, [refs.pop(k)], f"exporting {manifest.ref}"))
             bar.advance(len(lines))

@@ -100,9 +100,18 @@ class Store:
     def _put_object(self, path_of, data: bytes) -> str:
         digest = hash_bytes(data)
         path = path_of(digest)
-        if not self.fs.exists(path):  # content-addressed: an existing object is the same bytes
+        if not self._exists(path):  # content-addressed: an existing object is the same bytes
             self.write_atomic(path, data)
         return digest
+
+    def _exists(self, path: str) -> bool:
+        try:
+            return self.fs.exists(path)
+        except PermissionError:
+            # S3 answers HEAD on a missing key with 403 where the key may not list the bucket (moto
+            # 5.2.6 does so even where it may): not known to exist, so write it; a key that may not
+            # write either gets the store's one-line error there, and a write-only key succeeds
+            return False
 
     def put_segment(self, table: pa.Table) -> Part:
         """Write record rows (RECORD_SCHEMA) as one segment and return the part that keeps them all."""

@@ -90,7 +90,8 @@ class SignatureRows:
 class Signatures(Protocol):
     """What `cluster` needs of the version's signatures: their shape, each row's head key (copies
     are grouped by it) and the number of equal values of row pairs. `SignatureRows` holds them in
-    this process; on the Ray engine they stay on the cluster (auditors/minhash_parts.py)."""
+    this process; on Ray, or when they are too many to hold, they stay in the record cache and are
+    read back part by part (auditors/minhash_parts.py)."""
 
     shape: tuple[int, int]
 
@@ -256,10 +257,10 @@ Candidates = Callable[[object, np.ndarray, int, int], tuple[np.ndarray, int]]
 def cluster(sig: Signatures, has_shingles: np.ndarray, bands: int, rows: int, threshold: float,
             verify: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
             candidates: Candidates = local_candidates) -> _Clusters:
-    """Cluster rows by LSH over their signatures (SignatureRows, or kept on Ray); rows without
+    """Cluster rows by LSH over their signatures (SignatureRows, or left in the record cache); rows without
     shingles stay alone. With `verify` (pairs -> true Jaccard), candidates whose estimate is within
     VERIFY_MARGIN of the threshold are decided by their true Jaccard; the rest (and all, without it)
-    by the estimate. `candidates` finds the band buckets' pairs (here, or on Ray: auditors/minhash_parts.py).
+    by the estimate. `candidates` finds the band buckets' pairs (in memory, or part by part: auditors/minhash_parts.py).
     Memory: the head keys (8 bytes a record), the band keys (bands x 8 bytes a record; on Ray, on the
     cluster) and their sort, the pairs; never a copy of the signatures."""
     n, num_perm = sig.shape

@@ -71,12 +71,9 @@ class PartSignatures:
 
     def _part(self, k: int) -> np.ndarray:
         """In this process: part k's signatures from the record cache, as a (rows, num_perm) matrix."""
-        from .runner import map_part
-
         if self._known is None:  # every id is cached by now: read once, every part is a hit
             self._known = self.ctx.known_ids([self.auditor])
-        frame = map_part(self.ctx.store, k, [self.auditor], self.ctx, self._known).frames[self.auditor.name]
-        rows = SignatureRows(frame["minhash_sig"])
+        rows = _cached_signatures(self.ctx.store, k, self.auditor, self.ctx, self._known)
         return rows[0:rows.shape[0]]
 
     def head_keys(self, index: np.ndarray | None = None) -> np.ndarray:
@@ -160,11 +157,16 @@ class PartSignatures:
 
 def _part_signatures(url: str, catalog_path: str, manifest, k: int, auditor: Auditor, known: dict) -> SignatureRows:
     """On a worker: part k's signatures, from the record cache (computed if a chunk is missing)."""
-    from .runner import map_part
-
     store = Store(url, catalog_path)
     ctx = AuditContext(store, manifest.id, manifest)
     auditor.prepare(ctx)
+    return _cached_signatures(store, k, auditor, ctx, known)
+
+
+def _cached_signatures(store: Store, k: int, auditor: Auditor, ctx: AuditContext, known: dict) -> SignatureRows:
+    """Part k's signatures through the auditor's map and record cache (`runner.map_part`), on either engine."""
+    from .runner import map_part
+
     return SignatureRows(map_part(store, k, [auditor], ctx, known).frames[auditor.name]["minhash_sig"])
 
 
